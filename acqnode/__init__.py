@@ -1,0 +1,1 @@
+"""Acquisition node: source -> reader process -> shared-memory ring -> ZeroMQ shipper."""

@@ -1,0 +1,3 @@
+from acqnode.cli import main
+
+main()

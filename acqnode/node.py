@@ -1,0 +1,231 @@
+"""Acquisition node: owns the ring, runs the reader process, ships frames.
+
+Life of a run: `configure` (bind the data socket on this host's address,
+create the ring, start the reader process), `start` (the reader starts the
+source), `stop` (the reader stops; what is in the ring is drained to the
+processing nodes within the drain timeout), then an `eor` report with the
+node's books: frames produced, gaps with their cause, which seqs went to which
+processing node, which could not be sent.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgpack
+import zmq
+
+from acqnode.ring import Ring
+from acqnode.shipper import Shipper
+from coordinator.noderuntime import NodeRuntime
+from coordinator.procutil import set_pdeathsig
+from coordinator.ranges import RangeSet
+from coordinator.topology import topology_from_dict
+
+log = logging.getLogger(__name__)
+
+READER_START_TIMEOUT = 15.0
+
+
+class AcqNode(NodeRuntime):
+    role = "acquisition"
+
+    def __init__(self, name: str, coordinator: str) -> None:
+        super().__init__(name, coordinator)
+        self.ring: Ring | None = None
+        self.reader: subprocess.Popen | None = None
+        self.reader_conn: Connection | None = None
+        self.data: zmq.Socket | None = None
+        self.shipper: Shipper | None = None
+        self.produced = 0
+        self.reader_done = False
+        self.gaps: dict[str, RangeSet] = {}
+        self.errors: list[str] = []
+        self.drain_deadline: float | None = None
+        self.eor: dict | None = None
+        self.run_no = 0
+
+    # -- control ---------------------------------------------------------------------
+    def on_configure(self, msg: dict) -> None:
+        if self.state != "idle":
+            self.fail(f"{self.name}: configure while {self.state}")
+            return
+        topo = topology_from_dict(msg["topology"], source="configure message")
+        cfg = topo.acquisition[self.name]
+        stream = topo.streams[cfg.stream]
+        self.run_no = msg["run"]
+        self.drain_timeout = topo.run.drain_timeout
+        self.coordinator_timeout = max(3 * topo.run.heartbeat_timeout, 5.0)
+
+        self.data = self.ctx.socket(zmq.ROUTER)
+        self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.data.setsockopt(zmq.LINGER, 0)
+        self.data.setsockopt(zmq.SNDHWM, 1000)
+        address = topo.host_address(cfg.host)
+        try:
+            if cfg.data_port:
+                endpoint = f"tcp://{address}:{cfg.data_port}"
+                self.data.bind(endpoint)
+            else:
+                port = self.data.bind_to_random_port(f"tcp://{address}")
+                endpoint = f"tcp://{address}:{port}"
+        except zmq.ZMQError as exc:
+            where = f"tcp://{address}:{cfg.data_port or '*'}"
+            self.fail(f"{self.name}: cannot bind data socket {where}: {exc.strerror}")
+            return
+        self.register(self.data, self._on_data)
+
+        self.ring = Ring.create(f"daqring-{os.getpid()}-{self.name}", stream.dtype, cfg.ring.slots)
+        self.register(self.ring.filled_fd, self._on_filled)
+        batch = cfg.batch or max(1, (1 << 20) // stream.dtype.itemsize)
+        self.shipper = Shipper(self.ring, self.data, self.run_no, stream.name, self.name,
+                               topo.downstreams(self.name), min(batch, cfg.ring.slots))
+        self._start_reader(msg, topo)
+        self.state = "configured"
+        self.send("configured", info={"endpoint": endpoint, "ring": self.ring.name,
+                                      "slots": cfg.ring.slots, "reader_pid": self.reader.pid,
+                                      "itemsize": stream.dtype.itemsize})
+
+    def _start_reader(self, msg: dict, topo: Any) -> None:
+        ours, theirs = socket.socketpair()
+        cfg = {"node": self.name, "topology": msg["topology"], "ring": self.ring.name,
+               "filled_fd": self.ring.filled_fd, "freed_fd": self.ring.freed_fd,
+               "conn_fd": theirs.fileno(), "frames": msg["params"].get("frames")}
+        self.reader = subprocess.Popen(
+            [sys.executable, "-m", "acqnode.reader", json.dumps(cfg)],
+            pass_fds=(self.ring.filled_fd, self.ring.freed_fd, theirs.fileno()),
+            preexec_fn=set_pdeathsig)
+        theirs.close()
+        self.reader_conn = Connection(ours.detach())
+        if not self.reader_conn.poll(READER_START_TIMEOUT):
+            raise RuntimeError(f"reader process did not start within {READER_START_TIMEOUT:.0f} s")
+        self._on_reader()
+        self.register(self.reader_conn.fileno(), self._on_reader)
+
+    def on_start(self, msg: dict) -> None:
+        if self.state != "configured":
+            self.fail(f"{self.name}: start while {self.state}")
+            return
+        self._to_reader(t="start")
+        self.state = "running"
+        self.send("started")
+
+    def on_stop(self, msg: dict) -> None:
+        if self.eor is not None:          # already ended: the coordinator may have missed our report
+            self.send("eor", report=self.eor)
+            return
+        if self.state in ("running", "configured") and self.drain_deadline is None:
+            self._to_reader(t="stop")
+            self.state = "draining"
+            self.drain_deadline = time.monotonic() + self.drain_timeout
+
+    def on_peer_lost(self, msg: dict) -> None:
+        if self.shipper:
+            self.shipper.peer_lost(msg["peer"])
+
+    # -- data path ---------------------------------------------------------------------
+    def _to_reader(self, **msg: Any) -> None:
+        if self.reader_conn is None:
+            return   # the reader has ended and closed its end
+        try:
+            self.reader_conn.send_bytes(msgpack.packb(msg))
+        except OSError:
+            pass  # reader already gone: its exit is noticed in tick()
+
+    def _on_reader(self) -> None:
+        while self.reader_conn is not None and self.reader_conn.poll(0):
+            try:
+                msg = msgpack.unpackb(self.reader_conn.recv_bytes())
+            except (EOFError, OSError):
+                self.unregister(self.reader_conn.fileno())
+                self.reader_conn = None
+                return
+            t = msg.get("t")
+            if t == "gap":
+                self.gaps.setdefault(msg["cause"], RangeSet()).add(msg["start"], msg["stop"])
+            elif t == "done":
+                self.produced = msg["produced"]
+                self.reader_done = True
+                self.send("source_done", produced=self.produced)
+            elif t == "error":
+                self.errors.append(msg["message"])
+                self.fail(f"{self.name}: {msg['message']}", fatal=False)
+
+    def _on_filled(self) -> None:
+        self.ring.drain_doorbell()
+        self.shipper.pump()
+
+    def _on_data(self) -> None:
+        self.shipper.on_readable()
+        self.shipper.pump()
+
+    def tick(self) -> None:
+        if self.shipper is None:
+            return
+        if self.shipper.inflight:
+            self.shipper.pump()
+        if self.reader is not None and not self.reader_done and self.reader.poll() is not None:
+            self.fail(f"{self.name}: reader process exited with status {self.reader.returncode}")
+            self.reader_done = True
+            self._on_reader()
+        if self.state == "draining" and self.eor is None:
+            if self.reader_done and self.shipper.idle():
+                self._end_of_run()
+            elif time.monotonic() > self.drain_deadline:
+                if not self.reader_done:
+                    self.fail(f"{self.name}: reader did not stop within the drain timeout", fatal=False)
+                self.shipper.abandon()
+                self._end_of_run()
+
+    def _end_of_run(self) -> None:
+        self.eor = {"produced": self.produced,
+                    "gaps": {c: r.to_list() for c, r in self.gaps.items()},
+                    "errors": self.errors, "ring_overflow": self.ring.status().overflow,
+                    **self.shipper.report()}
+        self.state = "ended"
+        self.send("eor", report=self.eor)
+
+    def counters(self) -> dict[str, Any]:
+        if self.shipper is None:
+            return {}
+        st = self.ring.status()
+        cpu = 0.0
+        if self.reader is not None and self.reader.poll() is None:
+            try:
+                import psutil
+                t = psutil.Process(self.reader.pid).cpu_times()
+                cpu = t.user + t.system
+            except Exception:
+                pass
+        return {"frames": st.written, "sent_frames": self.shipper.sent_frames,
+                "sent_bytes": self.shipper.sent_bytes, "ring_fill": st.fill, "ring_slots": st.slots,
+                "overflow": st.overflow, "credits": sum(self.shipper.credits.values()),
+                "rejected": self.shipper.rejected, "reader_cpu_s": cpu}
+
+    # -- cleanup -----------------------------------------------------------------------
+    def close(self) -> None:
+        if self.reader is not None and self.reader.poll() is None:
+            self._to_reader(t="stop")
+            try:
+                self.reader.wait(2.0)
+            except subprocess.TimeoutExpired:
+                self.reader.kill()
+                self.reader.wait()
+        if self.data is not None:
+            self.data.close(linger=0)
+        self.shipper = None
+        if self.ring is not None:
+            gc.collect()   # drop numpy views into the segment before unmapping it
+            try:
+                self.ring.close()
+            except BufferError:
+                log.warning("ring views still referenced at close; unlinking anyway")
+            self.ring.unlink()

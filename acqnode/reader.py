@@ -1,0 +1,158 @@
+"""Reader process: source -> ring, and nothing else, so readout never waits for the network.
+
+Started by the acquisition node with `python -m acqnode.reader CONFIG_JSON`, the
+ring's doorbell eventfds and one end of a socketpair inherited (pass_fds).
+Over the socketpair (a `multiprocessing.connection.Connection`) it receives
+`start`/`stop` and sends `ready`, `gap` (seq ranges lost with a cause) and
+`done` (how many frames the source produced) as msgpack maps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+import msgpack
+import numpy as np
+
+from acqnode.ring import Ring
+from acqnode.sources.base import make_source
+from coordinator.topology import topology_from_dict
+
+log = logging.getLogger("acqnode.reader")
+
+GAP_FLUSH_INTERVAL = 0.25
+
+
+class Reader:
+    def __init__(self, cfg: dict, conn: Connection) -> None:
+        topo = topology_from_dict(cfg["topology"], source="configure message")
+        self.acq = topo.acquisition[cfg["node"]]
+        self.stream = topo.streams[self.acq.stream]
+        self.frames_limit: int | None = cfg.get("frames")
+        self.conn = conn
+        self.ring = Ring.attach(cfg["ring"], filled_fd=cfg["filled_fd"], freed_fd=cfg["freed_fd"])
+        self.source = make_source(self.acq.source, self.stream)
+        self.policy = self.acq.ring.policy
+        self.stop_requested = False
+        self.pending_gap: list[int] | None = None   # [start, stop) of ring_overrun not yet reported
+        self.last_gap_flush = time.monotonic()
+
+    def send(self, **msg) -> None:
+        self.conn.send_bytes(msgpack.packb(msg))
+
+    def poll_commands(self, timeout: float = 0.0) -> None:
+        """Read any command; `stop` sets the flag the loops check."""
+        while self.conn.poll(timeout):
+            msg = msgpack.unpackb(self.conn.recv_bytes())
+            if msg.get("t") == "stop":
+                self.stop_requested = True
+            timeout = 0.0
+
+    def should_stop(self) -> bool:
+        self.poll_commands(0.0)
+        return self.stop_requested
+
+    def note_gap(self, start: int, stop: int) -> None:
+        g = self.pending_gap
+        if g is not None and g[1] == start:
+            g[1] = stop
+        else:
+            self.flush_gap()
+            self.pending_gap = [start, stop]
+
+    def flush_gap(self) -> None:
+        if self.pending_gap is not None:
+            self.send(t="gap", start=self.pending_gap[0], stop=self.pending_gap[1], cause="ring_overrun")
+            self.pending_gap = None
+        self.last_gap_flush = time.monotonic()
+
+    def batch_size(self) -> int:
+        """Frames per source call: large enough to amortise Python, small enough for latency."""
+        per_frame = self.stream.dtype.itemsize
+        return int(max(1, min(64, self.ring.slots // 4, (1 << 20) // per_frame)))
+
+    def run(self) -> int:
+        self.send(t="ready", pid=__import__("os").getpid())
+        while not self.stop_requested:        # wait for start (or stop before start)
+            if not self.conn.poll(1.0):
+                continue
+            msg = msgpack.unpackb(self.conn.recv_bytes())
+            if msg.get("t") == "start":
+                break
+            if msg.get("t") == "stop":
+                self.stop_requested = True
+        seq = 0
+        try:
+            if not self.stop_requested:
+                seq = self.acquire()
+        except Exception as exc:
+            log.exception("source failed")
+            self.flush_gap()
+            self.send(t="error", message=f"source {self.acq.source.kind}: {type(exc).__name__}: {exc}",
+                      seq=seq, trace=traceback.format_exc(limit=5))
+        self.flush_gap()
+        self.ring.close_writer()
+        self.send(t="done", produced=self.produced)
+        return 0
+
+    def acquire(self) -> int:
+        limit = self.frames_limit if self.frames_limit is not None else np.iinfo(np.int64).max
+        batch = self.batch_size()
+        buf = np.empty(batch, dtype=self.stream.dtype)
+        paced = self.source.pace(1) > 0.0
+        t0 = time.monotonic()
+        seq = 0
+        self.produced = 0
+        while seq < limit and not self.should_stop():
+            n = min(batch, limit - seq)
+            if paced:
+                # frames exist only once their (simulated) trigger time has come
+                wait = self.source.pace(seq) - (time.monotonic() - t0)
+                if wait > 0:
+                    self.poll_commands(min(wait, 0.25))
+                    continue
+                now = time.monotonic() - t0
+                k = 1
+                while k < n and self.source.pace(seq + k) <= now:
+                    k += 1
+                n = k
+            frames = self.source.frames(seq, n, out=buf[:n])
+            stored = self.ring.put(frames, self.policy, stop=self.should_stop)
+            if stored < n and self.policy == "drop":
+                self.note_gap(seq + stored, seq + n)
+                stored = n
+            seq += stored
+            self.produced = seq
+            if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:
+                self.flush_gap()
+        return seq
+
+    produced = 0
+
+    def close(self) -> None:
+        self.source.close()
+        self.ring.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = json.loads(argv[0])
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {cfg['node']}.reader %(levelname)s %(message)s")
+    # The node's main process decides when we stop; a terminal Ctrl-C must not kill us mid-write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(cfg["conn_fd"])
+    reader = Reader(cfg, conn)
+    try:
+        return reader.run()
+    finally:
+        reader.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Shipper: ring -> processing nodes over one ROUTER socket, against credit.
+
+Each processing node connects a DEALER (identity = its name) and grants
+credits (frames it is ready to take).  The shipper sends runs of consecutive
+ring slots as one message to a peer with credit; the slots are released back to
+the reader only once ZeroMQ is done with them (zero-copy sends are tracked, small
+ones are copied and released at once).  `ROUTER_MANDATORY` makes a send to a
+vanished peer raise instead of being dropped; the batch then stays in the ring
+and goes to another peer.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections import deque
+from typing import Any
+
+import numpy as np
+import zmq
+
+from coordinator.ranges import RangeSet, ranges_of
+from coordinator.wire import ProtocolError, pack_frames_header, unpack_data_header
+
+log = logging.getLogger(__name__)
+
+ZERO_COPY_MIN = 64 * 1024   # below this a copy is cheaper than tracking the send
+
+
+class Shipper:
+    def __init__(self, ring: Any, sock: zmq.Socket, run: int, stream: str, module: str,
+                 peers: list[str], batch_max: int) -> None:
+        self.ring = ring
+        self.sock = sock
+        self.run = run
+        self.stream = stream
+        self.module = module
+        self.batch_max = max(1, batch_max)
+        self.credits = {p: 0 for p in peers}
+        self.lost: set[str] = set()
+        self.inflight: deque[list] = deque()  # [n_records, tracker | None], oldest first
+        self.unreleased = 0                   # records sent but not yet released to the ring
+        self.shipped = {p: RangeSet() for p in peers}
+        self.send_failed = RangeSet()
+        self.sent_frames = 0
+        self.sent_bytes = 0
+        self.messages = 0
+        self.rejected = 0
+        self._rr = 0
+
+    # -- incoming credits -------------------------------------------------------------
+    def on_readable(self) -> None:
+        while True:
+            try:
+                parts = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                peer = parts[0].decode("utf-8", "replace")
+                if len(parts) != 2:
+                    raise ProtocolError(f"credit message with {len(parts) - 1} parts")
+                msg = unpack_data_header(parts[1])
+                if msg["t"] != "credit":
+                    raise ProtocolError(f"{msg['t']!r} message sent to an acquisition node")
+                if peer not in self.credits:
+                    raise ProtocolError(f"credit from {peer!r}, which is not a receiver of this node")
+                if msg["run"] != self.run:
+                    raise ProtocolError(f"credit for run {msg['run']}, this is run {self.run}")
+                if msg["n"] < 0:
+                    raise ProtocolError("negative credit")
+            except ProtocolError as exc:
+                self.rejected += 1
+                log.warning("rejected data-socket message: %s", exc)
+                continue
+            if peer in self.lost:
+                log.info("%s is back; it gets frames again", peer)
+                self.lost.discard(peer)
+            self.credits[peer] += msg["n"]
+
+    def peer_lost(self, peer: str) -> None:
+        if peer in self.credits and peer not in self.lost:
+            log.warning("receiver %s lost; its credit is withdrawn", peer)
+            self.lost.add(peer)
+            self.credits[peer] = 0
+
+    # -- outgoing frames --------------------------------------------------------------
+    def reap(self) -> None:
+        """Release, in ring order, the slots whose sends have completed."""
+        done = 0
+        while self.inflight and (self.inflight[0][1] is None or self.inflight[0][1].done):
+            done += self.inflight.popleft()[0]
+        if done:
+            self.unreleased -= done
+            self.ring.release(done)
+
+    def pending(self) -> int:
+        """Records in the ring not yet sent."""
+        return self.ring.available() - self.unreleased
+
+    def _pick_peer(self) -> str | None:
+        peers = [p for p, c in self.credits.items() if c > 0]
+        if not peers:
+            return None
+        self._rr = (self._rr + 1) % len(peers)
+        best = max(self.credits[p] for p in peers)
+        ranked = [p for p in peers[self._rr:] + peers[:self._rr] if self.credits[p] == best]
+        return ranked[0]
+
+    def _next_records(self, n: int) -> np.ndarray:
+        """Up to n unsent records, contiguous in memory (a batch never wraps)."""
+        skip = self.unreleased
+        for view in self.ring.peek(skip + n):
+            if skip < len(view):
+                return view[skip:skip + n]
+            skip -= len(view)
+        return self.ring.records[:0]
+
+    def pump(self) -> int:
+        """Send as much as credits allow; returns frames sent."""
+        self.reap()
+        sent = 0
+        while True:
+            pending = self.pending()
+            if pending <= 0:
+                break
+            peer = self._pick_peer()
+            if peer is None:
+                break
+            recs = self._next_records(min(pending, self.credits[peer], self.batch_max))
+            if len(recs) == 0:
+                break
+            if not self._send(peer, recs):
+                continue
+            n = len(recs)
+            self.credits[peer] -= n
+            sent += n
+        return sent
+
+    def _send(self, peer: str, recs: np.ndarray) -> bool:
+        header = pack_frames_header(self.run, self.stream, self.module, recs)
+        big = recs.nbytes >= ZERO_COPY_MIN
+        try:
+            tracker = self.sock.send_multipart([peer.encode(), header, recs], flags=zmq.NOBLOCK,
+                                               copy=not big, track=big)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self.peer_lost(peer)
+                return False
+            if exc.errno == errno.EAGAIN:
+                # peer's queue is full despite credit: treat its credit as spent for now
+                log.warning("send to %s would block; waiting for new credit", peer)
+                self.credits[peer] = 0
+                return False
+            raise
+        n = len(recs)
+        first, last = int(recs["seq"][0]), int(recs["seq"][-1])
+        if last - first + 1 == n:
+            self.shipped[peer].add(first, last + 1)
+        else:
+            for a, b in ranges_of(recs["seq"]):
+                self.shipped[peer].add(a, b)
+        self.inflight.append([n, tracker if big else None])
+        self.unreleased += n
+        self.sent_frames += n
+        self.sent_bytes += recs.nbytes
+        self.messages += 1
+        self.reap()
+        return True
+
+    def abandon(self) -> None:
+        """End of drain time: what is still unsent is recorded as send_failed and released."""
+        self.reap()
+        rest = self.pending()
+        if rest > 0:
+            views = self.ring.peek(self.unreleased + rest)
+            seqs = np.concatenate([v["seq"] for v in views])[self.unreleased:]
+            for start, stop in ranges_of(seqs):
+                self.send_failed.add(start, stop)
+            log.error("%d frames could not be sent before the drain timeout", rest)
+            self.ring.release(self.ring.available())
+            self.inflight.clear()
+            self.unreleased = 0
+
+    def idle(self) -> bool:
+        return self.pending() <= 0 and not self.inflight
+
+    def report(self) -> dict:
+        return {
+            "shipped": {p: r.to_list() for p, r in self.shipped.items()},
+            "send_failed": self.send_failed.to_list(),
+            "sent_frames": self.sent_frames, "sent_bytes": self.sent_bytes,
+            "messages": self.messages, "rejected": self.rejected,
+        }

@@ -1,0 +1,96 @@
+"""`daq-coordinator`: run and validate topologies."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from coordinator.topology import Topology, TopologyError, load_topology
+
+EXIT_INVALID = 2
+
+
+def _load_or_exit(path: str) -> Topology:
+    try:
+        return load_topology(path)
+    except TopologyError as exc:
+        click.echo(f"invalid topology ({len(exc.problems)} problem{'s' * (len(exc.problems) != 1)}):", err=True)
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_INVALID)
+
+
+def describe(topo: Topology) -> str:
+    """The graph of a topology as text: hosts, streams, nodes, who sends to whom."""
+    lines = [f"topology {topo.name!r} (schema {topo.version}) from {topo.path}"]
+    lines.append("hosts:" if topo.hosts else "hosts: none (everything on this machine)")
+    for h in topo.hosts.values():
+        lines.append(f"  {h.name}: {h.address} (launch: {h.launch})")
+    lines.append("streams:")
+    for s in topo.streams.values():
+        chans = ", ".join(f"{c}:{t}" for c, t in s.channels.items())
+        lines.append(f"  {s.name}: {s.samples} samples x [{chans}] = {s.dtype.itemsize} B/frame, "
+                     f"modules {list(s.modules)}, dispatch {s.dispatch}")
+    lines.append("acquisition nodes:")
+    for a in topo.acquisition.values():
+        lines.append(f"  {a.name} on {a.host}: {a.source.kind} source -> ring {a.ring.slots} slots "
+                     f"({a.ring.policy}) -> {', '.join(topo.downstreams(a.name))}")
+    lines.append("processing nodes:")
+    for p in topo.processing.values():
+        stages = " -> ".join(s.stage for s in p.pipeline)
+        lines.append(f"  {p.name} on {p.host}: from {', '.join(topo.upstreams(p.name))}; "
+                     f"credits {p.credits}; pipeline {stages}")
+    r = topo.run
+    stop = (f"{r.frames} frames" if r.frames else "") + (f" {r.duration} s" if r.duration else "")
+    lines.append(f"run: directory {r.directory}, stop after {stop.strip() or 'Ctrl-C'}, "
+                 f"on_node_loss {r.on_node_loss}")
+    return "\n".join(lines)
+
+
+@click.group()
+@click.version_option(package_name="daq-pulses")
+def main() -> None:
+    """Distributed acquisition of detector pulses: run and check topologies."""
+
+
+@main.command()
+@click.argument("topology", type=click.Path(dir_okay=False))
+def validate(topology: str) -> None:
+    """Check TOPOLOGY and print its graph (exit 2 with every problem if it is invalid)."""
+    click.echo(describe(_load_or_exit(topology)))
+
+
+@main.command()
+@click.argument("topology", type=click.Path(dir_okay=False))
+@click.option("--loopback", is_flag=True, help="Run every host's nodes on this machine.")
+@click.option("--frames", type=click.IntRange(min=1), help="Stop after N events per stream.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after S seconds.")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Parent folder of the run directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, no live display.")
+def run(topology: str, loopback: bool, frames: int | None, duration: float | None,
+        run_dir: str | None, as_json: bool) -> None:
+    """Run one acquisition of TOPOLOGY; exit 0 when it ended as asked."""
+    from coordinator.dashboard import LiveDisplay, summary_table
+    from coordinator.session import Coordinator, RunOptions
+
+    topo = _load_or_exit(topology)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    console = Console(stderr=True)
+    display = LiveDisplay(console) if (not as_json and console.is_terminal) else None
+    options = RunOptions(frames=frames, duration=duration,
+                         run_dir=Path(run_dir) if run_dir else None, loopback=loopback)
+    coord = Coordinator(topo, options, display)
+    try:
+        summary = coord.run()
+    finally:
+        if display is not None:
+            display.close()
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+    else:
+        Console().print(summary_table(summary))
+    sys.exit(summary["exit_code"])

@@ -1,0 +1,197 @@
+"""The control side every node runs: a DEALER to the coordinator, heartbeats, one poll loop.
+
+A node is single-threaded: one `zmq.Poller` watches the control socket, the
+node's data sockets and any file descriptors (ring doorbells, the reader
+process's pipe), so a node never spins and never handles a command on a
+foreign thread.  Subclasses implement `on_<type>` for control messages.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from coordinator import __version__
+from coordinator.wire import ProtocolError, pack_control, unpack_control
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 0.5   # seconds between heartbeats/stats, both ways
+PRE_CONFIGURE_TIMEOUT = 10.0
+
+
+def setup_node_logging(name: str, level: int = logging.INFO) -> None:
+    """Nodes log to stderr, which the launcher appends to the run's log.txt."""
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+
+
+class NodeRuntime:
+    """Base of acquisition and processing nodes."""
+
+    role = "node"
+
+    def __init__(self, name: str, coordinator: str) -> None:
+        self.name = name
+        self.coordinator = coordinator
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.ctx = zmq.Context()
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.IDENTITY, name.encode())
+        self.control.setsockopt(zmq.LINGER, 2000)
+        self.control.connect(coordinator)
+        self.poller = zmq.Poller()
+        self.poller.register(self.control, zmq.POLLIN)
+        self._handlers: dict[Any, Callable[[], None]] = {}
+        self._timers: list[list] = []  # [next_due, interval, fn]
+        self.running = True
+        self.state = "idle"
+        self.rejected_control = 0
+        self.last_heard = time.monotonic()
+        self.coordinator_timeout = PRE_CONFIGURE_TIMEOUT
+        self.every(HEARTBEAT_INTERVAL, self._send_stats)
+
+    # -- plumbing for subclasses ----------------------------------------------------
+    def register(self, sock_or_fd: Any, callback: Callable[[], None]) -> None:
+        self.poller.register(sock_or_fd, zmq.POLLIN)
+        self._handlers[sock_or_fd] = callback
+
+    def unregister(self, sock_or_fd: Any) -> None:
+        if sock_or_fd in self._handlers:
+            self.poller.unregister(sock_or_fd)
+            del self._handlers[sock_or_fd]
+
+    def every(self, interval: float, fn: Callable[[], None]) -> None:
+        self._timers.append([time.monotonic() + interval, interval, fn])
+
+    def send(self, t: str, **fields: Any) -> None:
+        try:
+            self.control.send(pack_control(t, **fields), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("control queue to the coordinator is full; %s message dropped", t)
+
+    def fail(self, message: str, fatal: bool = True) -> None:
+        """Report an error to the coordinator (which decides what the run does)."""
+        log.error("%s", message)
+        self.send("error", message=message, fatal=fatal)
+
+    # -- hooks -------------------------------------------------------------------
+    def counters(self) -> dict[str, Any]:
+        """Cumulative counters sent with each heartbeat."""
+        return {}
+
+    def tick(self) -> None:
+        """Called after every poll round."""
+
+    def close(self) -> None:
+        """Release node resources (rings, files, child processes)."""
+
+    def on_coordinator_lost(self) -> None:
+        log.error("coordinator silent for %.1f s; stopping", self.coordinator_timeout)
+        self.running = False
+
+    # -- main loop -----------------------------------------------------------------
+    def serve(self) -> int:
+        """Run until shutdown, a signal, or the coordinator going silent; always clean up."""
+        stop = self._request_stop
+        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.send("hello", role=self.role, pid=os.getpid(), host=socket.gethostname(),
+                      version=__version__, incarnation=self.incarnation)
+            while self.running:
+                now = time.monotonic()
+                due = min(t[0] for t in self._timers)
+                timeout_ms = max(0, min(100, int((due - now) * 1000) + 1))
+                for sock, _ in self.poller.poll(timeout_ms):
+                    if sock is self.control:
+                        self._on_control()
+                    else:
+                        self._handlers[sock]()
+                self.tick()
+                now = time.monotonic()
+                for t in self._timers:
+                    if now >= t[0]:
+                        t[0] = now + t[1]
+                        t[2]()
+                if now - self.last_heard > self.coordinator_timeout:
+                    self.on_coordinator_lost()
+            return 0
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            try:
+                self.close()
+            finally:
+                self.send("bye")
+                self.control.close(linger=500)
+                self.ctx.term()
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        log.warning("signal %d: shutting down", signum)
+        self.running = False
+
+    def _on_control(self) -> None:
+        while True:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = unpack_control(raw)
+            except ProtocolError as exc:
+                self.rejected_control += 1
+                log.warning("rejected control message: %s", exc)
+                continue
+            self.last_heard = time.monotonic()
+            handler = getattr(self, f"on_{msg['t']}", None)
+            if handler is None:
+                self.rejected_control += 1
+                log.warning("control message %r is not for a %s node", msg["t"], self.role)
+                continue
+            try:
+                handler(msg)
+            except Exception as exc:  # a bug or bad config must reach the coordinator, not kill silently
+                log.exception("handling %s failed", msg["t"])
+                self.fail(f"{self.name}: {msg['t']} failed: {type(exc).__name__}: {exc}")
+
+    def on_heartbeat(self, msg: dict) -> None:
+        pass
+
+    def on_shutdown(self, msg: dict) -> None:
+        self.running = False
+
+    def _send_stats(self) -> None:
+        t = os.times()
+        counters = {"cpu_s": t.user + t.system, "rejected_control": self.rejected_control,
+                    **self.counters()}
+        self.send("stats", state=self.state, counters=counters)
+
+
+def run_node(factory: Callable[[], NodeRuntime]) -> int:
+    """Entry point body shared by `daq-acqnode` and `daq-procnode`."""
+    node = factory()
+    return node.serve()
+
+
+def node_command(load_class: Callable[[], type], doc: str) -> Any:
+    """The click command of a node entry point (`daq-acqnode`, `daq-procnode`)."""
+    import click
+
+    @click.command(help=doc)
+    @click.option("--coordinator", required=True, help="Control endpoint, e.g. tcp://127.0.0.1:5550")
+    @click.option("--name", required=True, help="This node's name in the topology")
+    def main(coordinator: str, name: str) -> None:
+        setup_node_logging(name)
+        cls = load_class()
+        sys.exit(run_node(lambda: cls(name, coordinator)))
+
+    return main

@@ -1,0 +1,41 @@
+"""Process helpers: children that die with their parent, orderly termination."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+
+def set_pdeathsig() -> None:
+    """Linux: have the kernel SIGTERM this child when its parent dies (no orphans after kill -9).
+
+    Used as `preexec_fn`; does nothing where prctl is unavailable.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def terminate(procs: list[subprocess.Popen], grace: float = 3.0) -> None:
+    """Wait up to `grace` s for processes to exit, then SIGTERM, then SIGKILL."""
+    deadline = time.monotonic() + grace
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            return
+        if sig is not None:
+            for p in alive:
+                try:
+                    os.kill(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 2.0
+        for p in alive:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass

@@ -1,0 +1,442 @@
+"""One acquisition run, driven from start to books: launch, configure, start, stop, drain, record.
+
+The driver is a single thread.  `pump()` is its only way of waiting: it polls the
+control socket, applies node messages, sends heartbeats, notices dead processes
+and silent nodes, writes stats and refreshes the display.  Commands (Ctrl-C,
+the API) are events appended to `self.events` and handled there, so state only
+ever changes on this thread and through the transition table.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from coordinator.books import Books, balance
+from coordinator.control import ControlServer, StartupError
+from coordinator.launcher import LocalLauncher
+from coordinator.procutil import terminate
+from coordinator.rundir import MASTER_FILE, RunDirectory, last_lines, versions
+from coordinator.statemachine import StateMachine
+from coordinator.topology import Topology
+
+log = logging.getLogger("coordinator")
+
+HEARTBEAT_INTERVAL = 0.5
+STATS_INTERVAL = 1.0
+RETRY_INTERVAL = 1.0
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass
+class RunOptions:
+    frames: int | None = None
+    duration: float | None = None
+    run_dir: Path | None = None
+    loopback: bool = False
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    role: str
+    host: str
+    proc: Any = None
+    state: str = "launching"
+    pid: int | None = None
+    incarnation: str | None = None
+    registered: bool = False
+    last_seen: float = 0.0
+    counters: dict = field(default_factory=dict)
+    rates: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    eor: dict | None = None
+    started: bool = False
+    source_done: bool = False
+    lost: bool = False
+    lost_reason: str = ""
+    errors: list[str] = field(default_factory=list)
+    expect: dict = field(default_factory=dict)
+    _prev: tuple[float, dict] | None = None
+
+
+class RunAborted(RuntimeError):
+    pass
+
+
+def shipped_count(acq_report: dict | None, proc: str) -> int:
+    """Frames an acquisition node says it sent to `proc` (what `proc` must wait for)."""
+    return sum(b - a for a, b in (acq_report or {}).get("shipped", {}).get(proc, []))
+
+
+class Coordinator:
+    def __init__(self, topology: Topology, options: RunOptions | None = None,
+                 display: Any = None) -> None:
+        self.options = options or RunOptions()
+        topo = topology
+        if self.options.frames is not None or self.options.duration is not None:
+            topo = topo.replace_run(frames=self.options.frames or topo.run.frames,
+                                    duration=self.options.duration or topo.run.duration)
+        if self.options.loopback and topo.hosts:
+            topo = dataclasses.replace(topo, hosts={
+                h: dataclasses.replace(c, address="127.0.0.1", launch="local") for h, c in topo.hosts.items()})
+        if self.options.run_dir is not None:
+            topo = topo.replace_run(directory=Path(self.options.run_dir).resolve())
+        self.topo = topo
+        self.display = display
+        self.sm = StateMachine()
+        self.events: collections.deque[str] = collections.deque()
+        self.nodes: dict[str, NodeStatus] = {}
+        for name, a in topo.acquisition.items():
+            self.nodes[name] = NodeStatus(name, "acquisition", a.host)
+        for name, p in topo.processing.items():
+            self.nodes[name] = NodeStatus(name, "processing", p.host)
+        self.stop_reason = ""
+        self.interrupted = False
+        self.abort = False
+        self.failure: str | None = None
+        self.run_started = 0.0
+        self.t0 = time.monotonic()
+        self._next_hb = 0.0
+        self._next_stats = 0.0
+        self.books: Books | None = None
+
+    # ---------------------------------------------------------------- public entry
+    def run(self) -> dict:
+        """Execute the run; returns the summary (also written to run.json)."""
+        self.rundir = RunDirectory.create(self.topo.run.directory, self.topo.name)
+        self.rundir.write_topology(self.topo.to_dict())
+        handler = logging.FileHandler(self.rundir.log_path)
+        handler.setFormatter(logging.Formatter("%(asctime)s coordinator %(levelname)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        self.started_at = time.time()
+        self.ctx = zmq.Context()
+        self.ctl: ControlServer | None = None
+        self.stats_file, self.stats_writer = self.rundir.open_stats()
+        old_int = signal.signal(signal.SIGINT, self._on_sigint)
+        old_term = signal.signal(signal.SIGTERM, self._on_sigint)
+        log.info("run %s in %s", self.rundir.number, self.rundir.path)
+        try:
+            self._execute()
+        except (StartupError, RunAborted) as exc:
+            self.failure = str(exc)
+            log.error("%s", exc)
+            if self.sm.can("fault"):
+                self.sm.fire("fault", str(exc))
+        except Exception as exc:   # a bug: still clean up and keep the record
+            self.failure = f"internal error: {type(exc).__name__}: {exc}"
+            log.exception("internal error")
+            if self.sm.can("fault"):
+                self.sm.fire("fault", self.failure)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            self._shutdown()
+            summary = self._record()
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        return summary
+
+    # ---------------------------------------------------------------- phases
+    def _execute(self) -> None:
+        known = set(self.nodes)
+        self.ctl = ControlServer(self.ctx, self.topo.control.address, self.topo.control.port, known)
+        launcher = LocalLauncher()
+        for n in self.nodes.values():
+            n.proc = launcher.launch(n.name, n.role, self.ctl.endpoint, self.rundir.log_path)
+            n.pid = n.proc.pid
+        timeout = self.topo.run.start_timeout
+        self._wait(lambda: all(n.registered for n in self.nodes.values()), timeout, "registration")
+
+        resolved = self.topo.to_dict()
+        base = {"run": self.rundir.number, "topology": resolved, "run_dir": str(self.rundir.path)}
+        acqs = [n for n in self.nodes.values() if n.role == "acquisition"]
+        procs = [n for n in self.nodes.values() if n.role == "processing"]
+        for n in acqs:
+            self.ctl.send(n.name, "configure", **base, params={"frames": self.topo.run.frames})
+        self._wait(lambda: all(n.info for n in acqs), timeout, "configuration of acquisition nodes")
+        endpoints = {n.name: n.info["endpoint"] for n in acqs}
+        for n in procs:
+            self.ctl.send(n.name, "configure", **base, params={"endpoints": endpoints})
+        self._wait(lambda: all(n.info for n in procs), timeout, "configuration of processing nodes")
+        self.sm.fire("configure")
+
+        for group in (procs, acqs):   # receivers first, so credit is there when frames come
+            for n in group:
+                self.ctl.send(n.name, "start")
+            self._wait(lambda g=group: all(n.started for n in g), timeout, "start")
+        self.sm.fire("start")
+        self.run_started = time.monotonic()
+        log.info("running")
+
+        duration = self.topo.run.duration
+        while not self.stop_reason:
+            self.pump(0.1)
+            if self.abort:
+                self.stop_reason = "abort"
+            elif self.failure:
+                self.stop_reason = "fault"
+            elif self.interrupted:
+                self.stop_reason = "interrupted"
+            elif all(n.source_done or n.lost for n in acqs):
+                self.stop_reason = "frames" if self.topo.run.frames else "sources ended"
+            elif duration is not None and time.monotonic() - self.run_started >= duration:
+                self.stop_reason = "duration"
+        self.sm.fire("stop", self.stop_reason)
+        log.info("stopping (%s)", self.stop_reason)
+        self._drain(acqs, procs)
+        self.sm.fire("drained")
+        if self.failure:
+            raise RunAborted(self.failure)
+
+    def _drain(self, acqs: list[NodeStatus], procs: list[NodeStatus]) -> None:
+        """Stop sources, let frames in flight arrive, collect every node's end-of-run report.
+
+        Requests are re-sent until answered: the end of a run never hangs on one message.
+        """
+        limit = self.topo.run.drain_timeout + 5.0
+        self._request_until(acqs, "stop", {"reason": self.stop_reason}, limit)
+        for n in procs:
+            n.expect = {a.name: shipped_count(a.eor, n.name) for a in acqs}
+        self._request_until(procs, "end", None, limit)
+
+    def _request_until(self, nodes: list[NodeStatus], t: str, fields: dict | None, limit: float) -> None:
+        deadline = time.monotonic() + (0.0 if self.abort else limit)
+        last = -RETRY_INTERVAL
+        while True:
+            pending = [n for n in nodes if n.eor is None and not n.lost]
+            if not pending or time.monotonic() > deadline or self.abort:
+                break
+            if time.monotonic() - last >= RETRY_INTERVAL:
+                for n in pending:
+                    self.ctl.send(n.name, t, **(fields if fields is not None else {"expect": n.expect}))
+                last = time.monotonic()
+            self.pump(0.05)
+        for n in nodes:
+            if n.eor is None and not n.lost:
+                log.error("%s sent no end-of-run report", n.name)
+
+    # ---------------------------------------------------------------- the loop body
+    def pump(self, timeout: float) -> None:
+        if self.ctl.sock.poll(int(timeout * 1000)):
+            for name, msg in self.ctl.receive():
+                self._on_message(self.nodes[name], msg)
+        now = time.monotonic()
+        while self.events:
+            self._on_event(self.events.popleft())
+        if now >= self._next_hb:
+            self._next_hb = now + HEARTBEAT_INTERVAL
+            for n in self.nodes.values():
+                if n.registered and not n.lost:
+                    self.ctl.send(n.name, "heartbeat")
+        self._check_liveness(now)
+        if now >= self._next_stats:
+            self._next_stats = now + STATS_INTERVAL
+            self._write_stats()
+        if self.display is not None:
+            self.display.update(self)
+
+    def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.abort or self.interrupted:
+                self.interrupted = True
+                raise RunAborted(f"interrupted during {what}")
+            if self.failure:
+                raise StartupError(self.failure)
+            lost = [n for n in self.nodes.values() if n.lost]
+            if lost:
+                raise StartupError(f"during {what}: " + "; ".join(n.lost_reason for n in lost))
+            if time.monotonic() > deadline:
+                slow = [n.name for n in self.nodes.values() if not cond()]
+                raise StartupError(f"{what} did not complete within {timeout:.0f} s "
+                                   f"(waiting for: {', '.join(slow) or 'nodes'})")
+            self.pump(0.05)
+
+    def _on_message(self, n: NodeStatus, msg: dict) -> None:
+        n.last_seen = time.monotonic()
+        t = msg["t"]
+        if t == "hello":
+            if n.registered and msg["incarnation"] != n.incarnation:
+                log.warning("%s registered again as a new incarnation", n.name)
+            n.registered, n.incarnation, n.pid = True, msg["incarnation"], msg["pid"]
+            n.state = "registered"
+        elif t == "configured":
+            n.info = msg["info"] or {"ok": True}
+            n.state = "configured"
+        elif t == "started":
+            n.started = True
+        elif t == "stats":
+            n.state = msg["state"]
+            self._update_rates(n, msg["counters"])
+        elif t == "source_done":
+            n.source_done = True
+            n.counters["produced"] = msg["produced"]
+        elif t == "eor":
+            n.eor = msg["report"]
+        elif t == "error":
+            n.errors.append(msg["message"])
+            log.error("%s: %s", n.name, msg["message"])
+            if msg["fatal"] and self.failure is None:
+                self.failure = msg["message"]
+        elif t == "bye":
+            n.state = "exited"
+
+    def _on_event(self, event: str) -> None:
+        if event == "interrupt":
+            if self.interrupted:
+                log.warning("second interrupt: aborting without drain")
+                self.abort = True
+            self.interrupted = True
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.events.append("interrupt")
+
+    def _check_liveness(self, now: float) -> None:
+        for n in self.nodes.values():
+            if n.lost or n.state == "exited":
+                continue
+            code = n.proc.poll() if n.proc is not None else None
+            if code is not None:
+                tail = " | ".join(last_lines(self.rundir.log_path, 3, f" {n.name} "))
+                self._lose(n, f"node {n.name!r} exited with status {code}"
+                              + (f"; last log lines: {tail}" if tail else ""))
+            elif n.registered and now - n.last_seen > self.topo.run.heartbeat_timeout:
+                self._lose(n, f"node {n.name!r} silent for {now - n.last_seen:.1f} s")
+
+    def _lose(self, n: NodeStatus, reason: str) -> None:
+        n.lost, n.lost_reason = True, reason
+        log.error("%s", reason)
+        if self.sm.state not in ("running", "paused", "stopping"):
+            return   # during start-up, _wait turns this into a start-up failure
+        if self.topo.run.on_node_loss == "abort":
+            self.failure = self.failure or reason
+        else:
+            log.warning("on_node_loss: continue; the run goes on degraded")
+            if n.role == "processing":
+                for a in self.topo.upstreams(n.name):
+                    self.ctl.send(a, "peer_lost", peer=n.name)
+
+    def _update_rates(self, n: NodeStatus, counters: dict) -> None:
+        now = time.monotonic()
+        if n._prev is not None:
+            t_prev, c_prev = n._prev
+            dt = max(now - t_prev, 1e-6)
+            nbytes = "sent_bytes" if n.role == "acquisition" else "recv_bytes"
+            n.rates = {
+                "frames_per_s": (counters.get("frames", 0) - c_prev.get("frames", 0)) / dt,
+                "MB_per_s": (counters.get(nbytes, 0) - c_prev.get(nbytes, 0)) / dt / 1e6,
+                "cpu_percent": 100.0 * ((counters.get("cpu_s", 0) + counters.get("reader_cpu_s", 0))
+                                        - (c_prev.get("cpu_s", 0) + c_prev.get("reader_cpu_s", 0))) / dt,
+            }
+        n._prev = (now, dict(counters))
+        n.counters.update(counters)
+
+    def _write_stats(self) -> None:
+        t = round(time.monotonic() - self.t0, 3)
+        for n in self.nodes.values():
+            if not n.registered:
+                continue
+            c = n.counters
+            self.stats_writer.writerow({
+                "time": t, "node": n.name, "role": n.role, "state": "lost" if n.lost else n.state,
+                "frames": c.get("frames", 0), "frames_per_s": round(n.rates.get("frames_per_s", 0.0), 1),
+                "MB_per_s": round(n.rates.get("MB_per_s", 0.0), 3), "ring_fill": c.get("ring_fill", ""),
+                "ring_slots": c.get("ring_slots", ""), "credits": c.get("credits", ""),
+                "overflow": c.get("overflow", ""), "rejected": c.get("rejected", 0),
+                "cpu_percent": round(n.rates.get("cpu_percent", 0.0), 1)})
+        self.stats_file.flush()
+
+    # ---------------------------------------------------------------- ending
+    def _shutdown(self) -> None:
+        """Every node process ends and every ring segment is gone, whatever happened before."""
+        if self.ctl is not None:
+            for n in self.nodes.values():
+                if n.registered and not n.lost:
+                    self.ctl.send(n.name, "shutdown")
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline and any(
+                    n.proc is not None and n.proc.poll() is None for n in self.nodes.values()):
+                try:
+                    self.pump(0.05)
+                except Exception:
+                    break
+        terminate([n.proc for n in self.nodes.values() if n.proc is not None], grace=1.0)
+        for n in self.nodes.values():
+            ring = n.info.get("ring")
+            if ring and os.path.exists(f"/dev/shm/{ring}"):
+                log.warning("removing ring segment %s left by %s", ring, n.name)
+                try:
+                    os.unlink(f"/dev/shm/{ring}")
+                except FileNotFoundError:
+                    pass
+        if self.ctl is not None:
+            self.ctl.close()
+        self.stats_file.close()
+        self.ctx.term()
+
+    def result(self) -> tuple[str, int]:
+        if self.failure:
+            return "failed", EXIT_FAILED
+        if self.interrupted:
+            return "interrupted", EXIT_INTERRUPTED
+        return "completed", EXIT_OK
+
+    def _record(self) -> dict:
+        acq_reports = {n.name: n.eor for n in self.nodes.values() if n.role == "acquisition"}
+        proc_reports = {n.name: n.eor for n in self.nodes.values() if n.role == "processing"}
+        lost = {n.name for n in self.nodes.values() if n.lost}
+        started = self.sm.history[-1]["state"] != "fault" or any(n.started for n in self.nodes.values())
+        produced = {a: (r or {}).get("produced") for a, r in acq_reports.items()}
+        seen = {a: self.nodes[a].counters.get("frames", 0) for a in acq_reports}
+        self.books = balance(produced, acq_reports, proc_reports, lost, seen)
+        self.rundir.write_missing(self.books)
+        result, code = self.result()
+        files = {n: (r or {}).get("files") or self.nodes[n].info.get("files", []) for n, r in proc_reports.items()}
+        master = None
+        if started:
+            try:
+                master = self.rundir.write_master(self.topo.name, self.books, files,
+                                                  {"run": self.rundir.number, "result": result})
+            except Exception as exc:
+                log.error("could not write the master file: %s", exc)
+        summary = {
+            "name": self.topo.name, "run": self.rundir.number, "run_dir": str(self.rundir.path),
+            "result": result, "exit_code": code, "message": self.failure or "",
+            "stop_reason": self.stop_reason,
+            "topology_file": str(self.topo.path) if self.topo.path else None,
+            "started": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(),
+            "ended": datetime.now(timezone.utc).isoformat(),
+            "duration_s": round(time.time() - self.started_at, 3),
+            "states": self.sm.history,
+            "books": self.books.summary(),
+            "missing_file": "missing.csv", "master_file": MASTER_FILE if master else None,
+            "nodes": {n.name: {"role": n.role, "host": n.host, "pid": n.pid, "incarnation": n.incarnation,
+                               "lost": n.lost, "lost_reason": n.lost_reason, "errors": n.errors,
+                               "exit_code": n.proc.poll() if n.proc is not None else None,
+                               "configured": n.info, "report": n.eor, "counters": n.counters}
+                      for n in self.nodes.values()},
+            "parameters": {
+                "requested": {"topology": self.topo.to_dict(),
+                              "options": {"frames": self.options.frames, "duration": self.options.duration,
+                                          "loopback": self.options.loopback}},
+                "hardware": {n.name: n.info.get("hardware", {}) for n in self.nodes.values()
+                             if n.role == "acquisition"},
+                "pipeline": {name: [s.stage for s in p.pipeline] for name, p in self.topo.processing.items()},
+            },
+            "control": {"endpoint": self.ctl.endpoint if self.ctl else None,
+                        "rejected": self.ctl.rejected if self.ctl else 0},
+            "versions": versions(),
+        }
+        self.rundir.write_json(summary)
+        return summary

@@ -1,0 +1,840 @@
+"""Topology loader and validator: one YAML file -> checked, frozen model objects.
+
+The topology is checked once, before anything starts, so a mistake costs a
+second at the terminal instead of a half-started distributed run.  Every
+problem names file, line, dotted key path and what was expected, and all
+problems of a file are reported together.
+
+How it works, in three passes:
+
+1. Schema: tables of `Field`s (one per key) are walked against the data.
+   Each field has a check (`integer(...)`, `number(...)`, `one_of(...)`,
+   `Section`, `Named`, `ListOf`, `Variant` ...) that reports problems and
+   returns the converted value.  A mapping becomes a `Record`: a dict of its
+   valid keys that knows which model class it builds.  Unknown keys are
+   problems.  Adding a stage or a source kind is adding a table entry.
+2. Cross-checks on the records: references between sections (streams, hosts,
+   modules), node name clashes, nodes that send to or receive from nobody,
+   pretrigger vs samples, and the defaults that depend on other sections.
+3. If there was no problem, the records are turned into the dataclasses.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from coordinator.frames import HEADER_NAMES, channel_dtype
+from coordinator.topology import yamlpos
+from coordinator.topology.yamlpos import Index, KeyPath
+from coordinator.topology.model import (
+    COMPONENT_PARAMS,
+    LOCALHOST,
+    SCHEMA_VERSION,
+    AcquisitionConfig,
+    Component,
+    ControlConfig,
+    HostConfig,
+    ProcessingConfig,
+    RingConfig,
+    RunConfig,
+    StageConfig,
+    StreamConfig,
+    SyntheticSource,
+    Topology,
+)
+
+__all__ = ["Problem", "TopologyError", "load_topology", "topology_from_dict"]
+
+NAME_PATTERN = r"[A-Za-z0-9_.-]+"          # topology and host names (used in folder names)
+NODE_PATTERN = r"[A-Za-z][A-Za-z0-9_-]*"   # node and stream names (ZeroMQ identities, file names)
+LAUNCH_MODES = ("local", "ssh", "manual")
+
+
+# ---- problems ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a topology; `line` is 1-based, None when unknown."""
+
+    file: str
+    line: int | None
+    key: str          # dotted key path, e.g. "acquisition.rp1.ring.slots"; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class TopologyError(Exception):
+    """Raised with all problems of one file."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__(problems)
+        self.problems = list(problems)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+def format_path(path: KeyPath) -> str:
+    """('a', 'b', Index(0), 'c') -> 'a.b[0].c'."""
+    text = ""
+    for part in path:
+        text += f"[{int(part)}]" if isinstance(part, Index) else (f".{part}" if text else str(part))
+    return text
+
+
+class _Context:
+    """Collects problems of one file and knows where each key path is in it."""
+
+    def __init__(self, source: str, positions: dict[KeyPath, yamlpos.Mark] | None = None):
+        self.source = source
+        self.positions = positions or {}
+        self.problems: list[Problem] = []
+
+    def line(self, path: KeyPath) -> int | None:
+        """Line of `path`, or of its nearest ancestor in the file (a missing or defaulted key)."""
+        while True:
+            mark = self.positions.get(path)
+            if mark is not None:
+                return mark.line
+            if not path:
+                return None
+            path = path[:-1]
+
+    def report(self, path: KeyPath, message: str) -> None:
+        self.problems.append(Problem(self.source, self.line(path), format_path(path), message))
+
+    def error(self) -> TopologyError:
+        """All problems, in file order, without repeats (an alias can repeat one)."""
+        unique = list(dict.fromkeys(self.problems))
+        unique.sort(key=lambda p: (p.line is None, p.line or 0))
+        return TopologyError(unique)
+
+
+# ---- describing values -----------------------------------------------------------------
+
+def describe(value: Any) -> str:
+    """Plain words for a value in 'expected X, got Y'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if value else "an empty string"
+    if isinstance(value, dict):
+        return "a mapping" if value else "an empty mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list" if value else "an empty list"
+    return f"a {type(value).__name__}"
+
+
+def _did_you_mean(word: Any, choices: list[str]) -> str:
+    match = difflib.get_close_matches(str(word), choices, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _join(names: Any) -> str:
+    return ", ".join(str(n) for n in names) or "(none)"
+
+
+# ---- checks: each reports its own problems and returns the value, or INVALID ------------
+
+INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "INVALID"})()
+_NO_DEFAULT: Any = object()
+
+
+class Check(Protocol):
+    want: str   # what a good value is, in words ("an integer >= 1")
+
+    def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any: ...
+
+
+class Invalid(Exception):
+    """A leaf rejects a value: `message` replaces, `hint` extends 'expected X, got Y'."""
+
+    def __init__(self, message: str | None = None, hint: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A check of one plain value; `convert` returns it (converted) or raises Invalid."""
+
+    want: str
+    convert: Callable[[Any], Any]
+
+    def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any:
+        try:
+            return self.convert(value)
+        except Invalid as exc:
+            ctx.report(path, exc.message or f"expected {self.want}, got {describe(value)}{exc.hint}")
+            return INVALID
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _looks_numeric(value: Any) -> bool:
+    try:
+        float(value)
+        return isinstance(value, str)
+    except (TypeError, ValueError):
+        return False
+
+
+def numeric(*, integer: bool, ge: float | None = None, le: float | None = None, gt: float | None = None,
+            null: bool = False, words: dict[str, Any] | None = None) -> Leaf:
+    """Integer or finite number within bounds; optionally null or a word standing for a value."""
+    words = words or {}
+    bounds = (f" {ge}..{le}" if ge is not None and le is not None else
+              f" >= {ge}" if ge is not None else f" > {gt}" if gt is not None else
+              f" <= {le}" if le is not None else "")
+    want = ("an integer" if integer else "a number") + bounds
+    want += "".join(f" or {w!r}" for w in words) + (" or null" if null else "")
+
+    def convert(value: Any) -> Any:
+        if value is None and null:
+            return None
+        if isinstance(value, str) and value in words:
+            return words[value]
+        if not (_is_int(value) if integer else _is_number(value)):
+            raise Invalid(hint=" (quoted: write it without quotes)" if _looks_numeric(value) else "")
+        if (ge is not None and value < ge) or (le is not None and value > le) or \
+                (gt is not None and value <= gt):
+            raise Invalid()
+        return value if integer else float(value)
+
+    return Leaf(want, convert)
+
+
+def integer(ge: int | None = None, le: int | None = None, *, null: bool = False) -> Leaf:
+    return numeric(integer=True, ge=ge, le=le, null=null)
+
+
+def number(*, gt: float | None = None, ge: float | None = None, null: bool = False,
+           words: dict[str, Any] | None = None) -> Leaf:
+    return numeric(integer=False, gt=gt, ge=ge, null=null, words=words)
+
+
+def one_of(*choices: str, null: bool = False) -> Leaf:
+    """One of a few words (or null)."""
+    want = "one of " + ", ".join(choices) + (" or null" if null else "")
+
+    def convert(value: Any) -> Any:
+        if (value is None and null) or (isinstance(value, str) and value in choices):
+            return value
+        raise Invalid(hint=_did_you_mean(value, list(choices)) if isinstance(value, str) else "")
+
+    return Leaf(want, convert)
+
+
+def text(pattern: str | None = None, noun: str = "a non-empty string") -> Leaf:
+    """A non-empty string, optionally matching a regular expression (whole string)."""
+    want = f"{noun} matching {pattern}" if pattern else noun
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str) and value and (pattern is None or re.fullmatch(pattern, value)):
+            return value
+        raise Invalid()
+
+    return Leaf(want, convert)
+
+
+def _version(value: Any) -> int:
+    if value == SCHEMA_VERSION and _is_int(value):
+        return value
+    if _is_int(value):
+        raise Invalid(f"unsupported schema version {value}, this software reads {SCHEMA_VERSION}")
+    raise Invalid()
+
+
+def _dtype(value: Any) -> str:
+    if not isinstance(value, str):
+        raise Invalid()
+    try:
+        channel_dtype(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return value
+
+
+def _channel_name(value: Any) -> str:
+    if not (isinstance(value, str) and value.isidentifier()):
+        raise Invalid()
+    if value in HEADER_NAMES:
+        raise Invalid(f"channel name {value!r} is taken by the frame header "
+                      f"({', '.join(HEADER_NAMES)} are reserved)")
+    return value
+
+
+def _launch(value: Any) -> str:
+    if isinstance(value, str) and (value in LAUNCH_MODES or "{command}" in value):
+        return value
+    raise Invalid(hint=_did_you_mean(value, list(LAUNCH_MODES)) if isinstance(value, str) else "")
+
+
+# ---- mappings, lists, named collections, tagged variants ------------------------------
+
+class Record(dict):
+    """The valid keys of one checked mapping, plus how to build its model object."""
+
+    def __init__(self, build: Callable[[dict], Any]):
+        super().__init__()
+        self.build = build
+        self.invalid: set[str] = set()   # keys present in the file but rejected
+
+    def ok(self, key: str) -> bool:
+        """Key present and valid."""
+        return key in self and key not in self.invalid
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a mapping: its check, whether it is required, and an optional default.
+
+    A `default` is a raw value, checked like input, used when the key is absent
+    and the model's own default does not fit (stage parameters are filled in);
+    without one, an absent key takes the model class's default.
+    """
+
+    check: Check
+    required: bool = False
+    default: Any = _NO_DEFAULT
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The keys of one mapping, the model object it builds, and an optional whole-record rule."""
+
+    fields: dict[str, Field]
+    build: Callable[[dict], Any]
+    rule: Callable[[Record], list[tuple[str, str]]] | None = None   # -> [(key, message)]
+
+
+def _check_fields(ctx: _Context, value: dict, path: KeyPath, schema: Schema,
+                  fixed: dict[str, Any] | None = None) -> Record:
+    """Check `value` (a dict) against `schema`; `fixed` keys were checked already (a variant's tag)."""
+    record = Record(schema.build)
+    record.update(fixed or {})
+    allowed = [*record, *schema.fields]
+    for key in value:
+        if key not in allowed:
+            hint = _did_you_mean(key, allowed) or f"; allowed here: {_join(allowed)}"
+            ctx.report(path + (key,), f"unknown key {key!r}{hint}")
+    before = len(ctx.problems)
+    for key, spec in schema.fields.items():
+        if key in value:
+            result = spec.check(ctx, value[key], path + (key,))
+        elif spec.required:
+            ctx.report(path + (key,), f"required key is missing (expected {spec.check.want})")
+            continue
+        elif spec.default is not _NO_DEFAULT:
+            result = spec.check(ctx, copy.deepcopy(spec.default), path + (key,))
+        else:
+            continue
+        record[key] = result
+        if result is INVALID:
+            record.invalid.add(key)
+    if schema.rule and len(ctx.problems) == before:
+        for key, message in schema.rule(record):
+            ctx.report(path + (key,), message)
+    return record
+
+
+def _not_a_mapping(ctx: _Context, value: Any, path: KeyPath) -> bool:
+    if isinstance(value, dict):
+        return False
+    ctx.report(path, f"expected a mapping, got {describe(value)}")
+    return True
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping with fixed keys."""
+
+    schema: Schema
+    want: str = "a mapping"
+
+    def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any:
+        if _not_a_mapping(ctx, value, path):
+            return INVALID
+        return _check_fields(ctx, value, path, self.schema)
+
+
+@dataclass(frozen=True)
+class Named:
+    """A mapping name -> entry (streams, nodes, hosts, channels); entries learn their name."""
+
+    entry: Check
+    name: Leaf
+    want: str
+    nonempty: bool = True
+
+    def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any:
+        if _not_a_mapping(ctx, value, path):
+            return INVALID
+        if self.nonempty and not value:
+            ctx.report(path, f"expected {self.want}, got an empty mapping")
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if self.name(ctx, key, path + (key,)) is INVALID:
+                continue
+            entry = self.entry(ctx, item, path + (key,))
+            if isinstance(entry, Record):
+                entry["name"] = key
+            out[key] = entry   # kept even if INVALID: the name exists for cross-checks
+        return out
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list of items, each checked by `item`."""
+
+    item: Check
+    want: str
+    nonempty: bool = True
+
+    def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any:
+        if not isinstance(value, (list, tuple)) or (self.nonempty and not value):
+            ctx.report(path, f"expected {self.want}, got {describe(value)}")
+            return INVALID
+        return [self.item(ctx, v, path + (Index(i),)) for i, v in enumerate(value)]
+
+
+@dataclass(frozen=True)
+class OneOrMany:
+    """One mapping, or a non-empty list of them; always gives a list."""
+
+    item: Check
+    want: str
+
+    def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any:
+        if isinstance(value, dict):
+            return [self.item(ctx, value, path)]
+        return ListOf(self.item, self.want)(ctx, value, path)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A mapping whose `tag` key (kind, stage, distribution) selects its schema in `table`."""
+
+    tag: str
+    table: dict[str, Schema]
+    noun: str            # "source kind", "stage", ...
+
+    @property
+    def want(self) -> str:
+        return f"a mapping with {self.tag}: {' | '.join(self.table)}"
+
+    def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any:
+        if _not_a_mapping(ctx, value, path):
+            return INVALID
+        known = list(self.table)
+        tag_path = path + (self.tag,)
+        if self.tag not in value:
+            ctx.report(tag_path, f"required key is missing (expected one of {_join(known)})")
+            return INVALID
+        kind = value[self.tag]
+        if not isinstance(kind, str):
+            ctx.report(tag_path, f"expected one of {_join(known)}, got {describe(kind)}")
+            return INVALID
+        if kind not in self.table:
+            ctx.report(tag_path, f"unknown {self.noun} {kind!r}{_did_you_mean(kind, known)}; "
+                                 f"known {self.noun}s: {_join(known)}")
+            return INVALID
+        return _check_fields(ctx, value, path, self.table[kind], fixed={self.tag: kind})
+
+
+# ---- the schema -------------------------------------------------------------------------
+
+def _model(cls: type) -> Callable[[dict], Any]:
+    return lambda values: cls(**values)
+
+
+def _stage(values: dict) -> StageConfig:
+    params = {k: v for k, v in values.items() if k != "stage"}
+    return StageConfig(values["stage"], params)
+
+
+def _topology(values: dict) -> Topology:
+    rest = {k: v for k, v in values.items() if k != "topology"}
+    return Topology(version=values["topology"], **rest)
+
+
+_COMPONENT_DEFAULTS = Component("uniform")
+
+
+def _high_above_low(record: Record) -> list[tuple[str, str]]:
+    low = record.get("low", _COMPONENT_DEFAULTS.low)
+    high = record.get("high", _COMPONENT_DEFAULTS.high)
+    return [] if high > low else [("high", f"expected high > low ({low}), got {high}")]
+
+
+def _level_needs_gzip(record: Record) -> list[tuple[str, str]]:
+    if record.get("compression_level") is not None and record.get("compression") != "gzip":
+        return [("compression_level", "compression_level applies to compression: gzip only")]
+    return []
+
+
+POSITIVE = number(gt=0)
+NON_NEGATIVE = number(ge=0)
+PORT = integer(0, 65535)
+NAME = text(NAME_PATTERN, "a name")
+NODE_NAME = text(NODE_PATTERN, "a name")
+HOST_REF = text(noun="a host name")
+STREAM_REF = text(noun="a stream name")
+NODE_REF = text(noun="an acquisition node name")
+
+RUN = Schema({
+    "directory": Field(text(noun="a folder path"), default="runs"),
+    "frames": Field(integer(1, null=True)),
+    "duration": Field(number(gt=0, null=True)),
+    "on_node_loss": Field(one_of("continue", "abort")),
+    "heartbeat_timeout": Field(POSITIVE),
+    "drain_timeout": Field(POSITIVE),
+    "start_timeout": Field(POSITIVE),
+}, _model(RunConfig))
+
+CONTROL = Schema({
+    "address": Field(text(noun="an address")),
+    "port": Field(PORT),
+}, _model(ControlConfig))
+
+HOST = Schema({
+    "address": Field(text(noun="an address"), required=True),
+    "launch": Field(Leaf("local, ssh, manual or a command template containing {command}", _launch)),
+}, _model(HostConfig))
+
+STREAM = Schema({
+    "samples": Field(integer(1, 16777216), required=True),
+    "channels": Field(Named(Leaf("a dtype name such as int16", _dtype),
+                            Leaf("a channel name (a Python identifier)", _channel_name),
+                            want="a non-empty mapping of channel name to dtype"), required=True),
+    "modules": Field(ListOf(NODE_REF, "a non-empty list of acquisition node names")),
+    "dispatch": Field(one_of("full", "partial")),
+}, _model(StreamConfig))
+
+RING = Schema({
+    "slots": Field(integer(2, 1048576)),
+    "policy": Field(one_of("block", "drop")),
+}, _model(RingConfig))
+
+_COMPONENT_KEY_CHECKS: dict[str, Check] = {
+    "scale": POSITIVE, "mean": number(), "sigma": POSITIVE, "low": number(), "high": number(),
+}
+_COMPONENT_RULES = {"uniform": _high_above_low}
+COMPONENTS = {
+    distribution: Schema({"weight": Field(POSITIVE),
+                          **{key: Field(_COMPONENT_KEY_CHECKS[key]) for key in keys}},
+                         _model(Component), _COMPONENT_RULES.get(distribution))
+    for distribution, keys in COMPONENT_PARAMS.items()
+}
+
+SYNTHETIC = Schema({
+    "rate": Field(number(gt=0, words={"max": None})),
+    "seed": Field(integer(0)),
+    "pretrigger": Field(integer(0, null=True)),      # < samples: a cross-check
+    "sample_ns": Field(POSITIVE),
+    "rise_ns": Field(NON_NEGATIVE),
+    "decay_ns": Field(POSITIVE),
+    "noise": Field(NON_NEGATIVE),
+    "baseline": Field(number()),
+    "polarity": Field(one_of("positive", "negative")),
+    "counts_per_volt": Field(POSITIVE),
+    "amplitude": Field(OneOrMany(Variant("distribution", COMPONENTS, "distribution"),
+                                 "a component mapping or a non-empty list of them")),
+}, _model(SyntheticSource))
+
+#: Source kinds: kind -> schema (Red Pitaya, emulator, replay join here).
+SOURCES: dict[str, Schema] = {"synthetic": SYNTHETIC}
+
+#: Pipeline stages: stage -> schema of its parameters (pha, filter, histogram join here).
+STAGES: dict[str, Schema] = {
+    "save": Schema({
+        "format": Field(one_of("hdf5"), default="hdf5"),
+        "compression": Field(one_of("gzip", "lzf", null=True), default=None),
+        "compression_level": Field(integer(0, 9, null=True), default=None),
+        "chunk_frames": Field(integer(1, null=True), default=None),
+        "flush_interval": Field(POSITIVE, default=1.0),
+    }, _stage, _level_needs_gzip),
+    "drain": Schema({}, _stage),
+}
+
+ACQUISITION = Schema({
+    "host": Field(HOST_REF),
+    "stream": Field(STREAM_REF, required=True),
+    "source": Field(Variant("kind", SOURCES, "source kind"), required=True),
+    "ring": Field(Section(RING)),
+    "batch": Field(integer(1, null=True)),
+    "data_port": Field(PORT),
+}, _model(AcquisitionConfig))
+
+PROCESSING = Schema({
+    "host": Field(HOST_REF),
+    "streams": Field(ListOf(STREAM_REF, "a list of stream names", nonempty=False)),
+    "credits": Field(integer(1, 65536)),
+    "pipeline": Field(ListOf(Variant("stage", STAGES, "stage"), "a non-empty list of stages"),
+                      default=[{"stage": "save"}]),
+}, _model(ProcessingConfig))
+
+VERSION = Leaf(f"{SCHEMA_VERSION} (the schema version)", _version)
+
+TOPOLOGY = Schema({
+    "topology": Field(VERSION, required=True),
+    "name": Field(NAME, required=True),
+    "run": Field(Section(RUN), default={}),
+    "control": Field(Section(CONTROL)),
+    "hosts": Field(Named(Section(HOST), NAME, "a mapping of host name to host", nonempty=False)),
+    "streams": Field(Named(Section(STREAM), NODE_NAME, "a non-empty mapping of stream name to stream"),
+                     required=True),
+    "acquisition": Field(Named(Section(ACQUISITION), NODE_NAME,
+                               "a non-empty mapping of node name to acquisition node"), required=True),
+    "processing": Field(Named(Section(PROCESSING), NODE_NAME,
+                              "a non-empty mapping of node name to processing node"), required=True),
+}, _topology)
+
+
+# ---- cross-checks -----------------------------------------------------------------------
+
+def _section(top: Record, key: str) -> dict[str, Any] | None:
+    """A named section for cross-checks, or None if it is missing or not a mapping."""
+    value = top.get(key)
+    return value if isinstance(value, dict) else None
+
+
+def _records(section: dict[str, Any] | None) -> dict[str, Record]:
+    return {n: r for n, r in (section or {}).items() if isinstance(r, Record)}
+
+
+def _cross_check(ctx: _Context, top: Record, base_dir: Path) -> None:
+    """Rules between sections, and the defaults that depend on other sections."""
+    streams, acq, proc = (_section(top, k) for k in ("streams", "acquisition", "processing"))
+    _check_node_names(ctx, acq, proc)
+    _check_hosts(ctx, top, acq, proc)
+    if streams is not None:
+        _check_acquisition_streams(ctx, streams, acq)
+        _resolve_modules(ctx, streams, acq)
+        _resolve_receivers(ctx, streams, acq, proc)
+    if isinstance(top.get("run"), Record) and top["run"].ok("directory"):
+        top["run"]["directory"] = _absolute(top["run"]["directory"], base_dir)
+
+
+def _check_node_names(ctx: _Context, acq: dict | None, proc: dict | None) -> None:
+    for name in set(acq or ()) & set(proc or ()):
+        first, second = ("acquisition", name), ("processing", name)
+        ctx.report(second, f"node name {name!r} is used twice: {format_path(first)} "
+                           f"(line {ctx.line(first)}) and {format_path(second)} (line {ctx.line(second)}); "
+                           f"node names must be unique across acquisition and processing")
+
+
+def _check_hosts(ctx: _Context, top: Record, acq: dict | None, proc: dict | None) -> None:
+    if top.get("hosts", {}) is INVALID:
+        return
+    hosts = top.get("hosts", {})
+    known = f"hosts: {_join(hosts)}" if hosts else "there is no hosts section, so only 'localhost'"
+    for section, nodes in (("acquisition", acq), ("processing", proc)):
+        for name, node in _records(nodes).items():
+            host = node.get("host", LOCALHOST)
+            if node.ok("host") and host != LOCALHOST and host not in hosts:
+                ctx.report((section, name, "host"),
+                           f"host {host!r} is not defined{_did_you_mean(host, list(hosts))}; {known}")
+
+
+def _check_acquisition_streams(ctx: _Context, streams: dict, acq: dict | None) -> None:
+    """Each node's stream exists; its source's pretrigger fits in the stream's samples."""
+    for name, node in _records(acq).items():
+        if not node.ok("stream"):
+            continue
+        stream = node["stream"]
+        if stream not in streams:
+            ctx.report(("acquisition", name, "stream"),
+                       f"stream {stream!r} is not defined; streams: {_join(streams)}")
+            continue
+        source, spec = node.get("source"), streams[stream]
+        if isinstance(source, Record) and source.get("pretrigger") is not None \
+                and isinstance(spec, Record) and spec.ok("samples") \
+                and source["pretrigger"] >= spec["samples"]:
+            samples = spec["samples"]
+            ctx.report(("acquisition", name, "source", "pretrigger"),
+                       f"expected an integer 0..{samples - 1} (stream {stream!r} has {samples} samples), "
+                       f"got {source['pretrigger']}")
+
+
+def _members(streams: dict, acq: dict | None) -> dict[str, list[str]] | None:
+    """Acquisition nodes of each stream in file order; None if some node's stream is unknown."""
+    if acq is None:
+        return None
+    members: dict[str, list[str]] = {s: [] for s in streams}
+    for name, node in acq.items():
+        if not (isinstance(node, Record) and node.ok("stream")):
+            return None
+        members.setdefault(node["stream"], []).append(name)
+    return members
+
+
+def _resolve_modules(ctx: _Context, streams: dict, acq: dict | None) -> None:
+    """Check `modules` lists against the nodes' streams; default: every node of the stream."""
+    members = _members(streams, acq)
+    for stream, spec in _records(streams).items():
+        mine = (members or {}).get(stream, [])
+        path = ("streams", stream, "modules")
+        if "modules" not in spec:
+            spec["modules"] = mine
+            if members is not None and not mine:
+                ctx.report(("streams", stream), f"stream {stream!r} has no module: "
+                                                f"no acquisition node has stream: {stream}")
+            continue
+        if not spec.ok("modules"):
+            continue
+        _check_module_list(ctx, path, stream, spec["modules"], _records(acq))
+        for name in mine if members is not None else ():
+            if name not in spec["modules"]:
+                ctx.report(path, f"acquisition node {name!r} has stream: {stream} but is not listed")
+
+
+def _check_module_list(ctx: _Context, path: KeyPath, stream: str, modules: list,
+                       acq: dict[str, Record]) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(modules):
+        item = path + (Index(i),)
+        if name is INVALID:
+            continue
+        if name in seen:
+            ctx.report(item, f"{name!r} is listed twice")
+        elif name not in acq:
+            ctx.report(item, f"{name!r} is not an acquisition node; acquisition nodes: {_join(acq)}")
+        elif acq[name].ok("stream") and acq[name]["stream"] != stream:
+            ctx.report(item, f"acquisition node {name!r} belongs to stream {acq[name]['stream']!r}, "
+                             f"not {stream!r}")
+        seen.add(name)
+
+
+def _resolve_receivers(ctx: _Context, streams: dict, acq: dict | None, proc: dict | None) -> None:
+    """Processing streams exist (default: all); nobody receives nothing, nobody sends to nobody."""
+    members = _members(streams, acq)
+    complete = proc is not None
+    for name, node in (proc or {}).items():
+        if not isinstance(node, Record) or "streams" in node.invalid:
+            complete = False
+            continue
+        given = "streams" in node
+        if not given:
+            node["streams"] = list(streams)
+        _check_stream_list(ctx, ("processing", name, "streams"), node["streams"], streams)
+        if members is not None and not any(members.get(s) for s in node["streams"] if s is not INVALID):
+            why = "its streams list is empty" if not node["streams"] else \
+                "no acquisition node has any of its streams"
+            ctx.report(("processing", name) + (("streams",) if given else ()),
+                       f"processing node {name!r} receives nothing ({why})")
+    if not complete:
+        return
+    received = {s for node in proc.values() for s in node["streams"]}
+    for name, node in _records(acq).items():
+        if node.ok("stream") and node["stream"] in streams and node["stream"] not in received:
+            ctx.report(("acquisition", name), f"acquisition node {name!r} sends to nobody: "
+                                              f"no processing node receives stream {node['stream']!r}")
+
+
+def _check_stream_list(ctx: _Context, path: KeyPath, names: list, streams: dict) -> None:
+    seen: set[str] = set()
+    for i, stream in enumerate(names):
+        if stream is INVALID:
+            continue
+        if stream in seen:
+            ctx.report(path + (Index(i),), f"{stream!r} is listed twice")
+        elif stream not in streams:
+            ctx.report(path + (Index(i),), f"stream {stream!r} is not defined; streams: {_join(streams)}")
+        seen.add(stream)
+
+
+def _absolute(directory: str, base_dir: Path) -> Path:
+    """Relative run directories are relative to the topology file, not to wherever we were started."""
+    path = Path(directory).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base_dir.absolute() / path))
+
+
+# ---- building ---------------------------------------------------------------------------
+
+def _materialize(value: Any) -> Any:
+    """Checked records -> model objects (lists become tuples, as the model wants)."""
+    if isinstance(value, Record):
+        return value.build({k: _materialize(v) for k, v in value.items()})
+    if isinstance(value, dict):
+        return {k: _materialize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_materialize(v) for v in value)
+    return value
+
+
+def _validate(ctx: _Context, data: Any, base_dir: Path) -> Topology:
+    if data is None:
+        ctx.report((), "the file is empty; expected a topology (topology: 1, name, streams, "
+                       "acquisition, processing)")
+        raise ctx.error()
+    if not isinstance(data, dict):
+        ctx.report((), f"expected a mapping at the top level, got {describe(data)}")
+        raise ctx.error()
+    if "topology" in data:   # a file of another schema version cannot be read any further
+        before = len(ctx.problems)
+        VERSION(ctx, data["topology"], ("topology",))
+        if len(ctx.problems) > before:
+            raise ctx.error()
+    top = _check_fields(ctx, data, (), TOPOLOGY)
+    _cross_check(ctx, top, base_dir)
+    if ctx.problems:
+        raise ctx.error()
+    return _materialize(top)
+
+
+# ---- public API -------------------------------------------------------------------------
+
+def load_topology(path: str | Path) -> Topology:
+    """Read, check and build a topology file; raise TopologyError with every problem found."""
+    path = Path(path)
+    ctx = _Context(str(path))
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        ctx.report((), "file not found")
+        raise ctx.error() from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        ctx.report((), f"cannot read the file: {reason}")
+        raise ctx.error() from None
+    try:
+        doc = yamlpos.parse(text)
+    except yamlpos.YamlSyntaxError as exc:
+        ctx.problems.append(Problem(ctx.source, exc.line, "", f"YAML syntax error: {exc.message}"))
+        raise ctx.error() from None
+    ctx.positions = doc.positions
+    for dup in doc.duplicates:
+        ctx.problems.append(Problem(ctx.source, dup.mark.line, format_path(dup.path),
+                                    f"duplicate key {dup.path[-1]!r} (first given at line {dup.first.line})"))
+    topology = _validate(ctx, doc.data, path.absolute().parent)
+    return replace(topology, path=path.absolute())
+
+
+def topology_from_dict(data: dict, source: str = "<dict>", base_dir: Path | None = None) -> Topology:
+    """Same checks on plain data (e.g. `to_dict()` output received over the network); no lines.
+
+    Relative run directories are resolved against `base_dir` (default: the current folder).
+    """
+    return _validate(_Context(source), data, Path(base_dir) if base_dir is not None else Path.cwd())

@@ -1,0 +1,219 @@
+"""Topology model (contract): frozen dataclasses, built and validated once by `load.py`.
+
+Every other part of the system receives these objects, never raw YAML, so a
+value that reached a node has already been checked.  `to_dict()` gives the
+resolved form (defaults filled in) that is written to the run directory and
+sent to nodes at configure time; `from_dict()` rebuilds the objects on a node.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+
+from coordinator.frames import frame_dtype
+
+SCHEMA_VERSION = 1
+LOCALHOST = "localhost"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One part of an amplitude spectrum (volts); `weight` is relative."""
+
+    distribution: Literal["exponential", "gaussian", "uniform"]
+    weight: float = 1.0
+    scale: float = 0.1      # exponential: mean amplitude
+    mean: float = 0.5       # gaussian
+    sigma: float = 0.02     # gaussian
+    low: float = 0.0        # uniform
+    high: float = 1.0       # uniform
+
+
+def default_spectrum() -> tuple[Component, ...]:
+    """A line on a continuum, as a gamma source on a scintillator looks."""
+    return (
+        Component("exponential", weight=0.8, scale=0.1),
+        Component("gaussian", weight=0.2, mean=0.5, sigma=0.02),
+    )
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    """Detector-like pulses: Poisson arrivals, exponential decay, noise."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    rate: float | None = 1000.0        # events (triggers) per second; None means `max`
+    seed: int = 0
+    pretrigger: int | None = None      # samples before the trigger; None: samples // 8
+    sample_ns: float = 8.0             # sample period (125 MS/s)
+    rise_ns: float = 16.0
+    decay_ns: float = 800.0
+    noise: float = 0.002               # volts rms
+    baseline: float = 0.0              # volts
+    polarity: Literal["positive", "negative"] = "positive"
+    counts_per_volt: float = 8192.0    # integer channels: counts = volts * this (STEMlab 125-14, LV)
+    amplitude: tuple[Component, ...] = field(default_factory=default_spectrum)
+
+
+SourceConfig = Union[SyntheticSource]   # Red Pitaya, emulator, replay join here (issue 3+)
+
+
+@dataclass(frozen=True)
+class RingConfig:
+    slots: int = 1024
+    policy: Literal["block", "drop"] = "block"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    address: str = "127.0.0.1"
+    launch: str = "local"              # local | ssh | manual | template containing {command}
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    name: str
+    samples: int
+    channels: dict[str, str]           # channel name -> dtype text, in order
+    modules: tuple[str, ...]           # acquisition nodes contributing one part of every event
+    dispatch: Literal["full", "partial"] = "full"
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Record dtype of one frame of this stream (header + channels)."""
+        return frame_dtype(self.channels, self.samples)
+
+
+@dataclass(frozen=True)
+class AcquisitionConfig:
+    name: str
+    stream: str
+    source: SourceConfig
+    host: str = LOCALHOST
+    ring: RingConfig = field(default_factory=RingConfig)
+    batch: int | None = None           # max frames per data message; None: about 1 MiB worth
+    data_port: int = 0                 # 0: any free port
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    stage: str                         # save | drain (pha, filter, histogram... in issue 4)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProcessingConfig:
+    name: str
+    streams: tuple[str, ...]           # streams this node receives
+    host: str = LOCALHOST
+    credits: int = 64                  # frames in flight per upstream acquisition node
+    pipeline: tuple[StageConfig, ...] = (StageConfig("save", {"format": "hdf5"}),)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    directory: Path = Path("runs")     # absolute after loading (relative to the topology file)
+    frames: int | None = None          # stop after this many events per stream
+    duration: float | None = None      # stop after this many seconds
+    on_node_loss: Literal["continue", "abort"] = "continue"
+    heartbeat_timeout: float = 2.0     # a node silent this long is lost
+    drain_timeout: float = 5.0         # time allowed after stop for frames in flight
+    start_timeout: float = 20.0        # time allowed for nodes to register and configure
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    address: str = "127.0.0.1"
+    port: int = 0                      # 0: any free port
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str
+    streams: dict[str, StreamConfig]
+    acquisition: dict[str, AcquisitionConfig]
+    processing: dict[str, ProcessingConfig]
+    run: RunConfig = field(default_factory=RunConfig)
+    hosts: dict[str, HostConfig] = field(default_factory=dict)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    version: int = SCHEMA_VERSION
+    path: Path | None = None           # the file it was loaded from
+
+    # ---- derived views used by the coordinator and nodes -------------------------
+    def nodes(self) -> list[str]:
+        return [*self.acquisition, *self.processing]
+
+    def upstreams(self, proc: str) -> list[str]:
+        """Acquisition nodes that send to processing node `proc`."""
+        streams = self.processing[proc].streams
+        return [a.name for a in self.acquisition.values() if a.stream in streams]
+
+    def downstreams(self, acq: str) -> list[str]:
+        """Processing nodes that receive from acquisition node `acq`."""
+        stream = self.acquisition[acq].stream
+        return [p.name for p in self.processing.values() if stream in p.streams]
+
+    def host_address(self, host: str) -> str:
+        return self.hosts[host].address if host in self.hosts else "127.0.0.1"
+
+    def replace_run(self, **changes: Any) -> "Topology":
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>",
+                  base_dir: Path | None = None) -> "Topology":
+        """Validate and build `to_dict()` output (as a node receives it); see load.topology_from_dict."""
+        from coordinator.topology.load import topology_from_dict
+        return topology_from_dict(data, source, base_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Resolved form (every default filled in), plain YAML/msgpack types.
+
+        It is itself a valid topology file (`topology: 1` first, `rate: max`,
+        no `path`), so it can be written to the run directory and loaded again.
+        """
+        out: dict[str, Any] = {"topology": self.version, "name": self.name,
+                               "run": _plain(self.run), "control": _plain(self.control)}
+        if self.hosts:
+            out["hosts"] = _plain(self.hosts)
+        for section in ("streams", "acquisition", "processing"):
+            out[section] = _plain(getattr(self, section))
+        return out
+
+
+#: The Component fields each distribution reads; only these are written out.
+COMPONENT_PARAMS: dict[str, tuple[str, ...]] = {
+    "exponential": ("scale",),
+    "gaussian": ("mean", "sigma"),
+    "uniform": ("low", "high"),
+}
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses -> dicts of YAML/msgpack types, in the shape the topology schema reads."""
+    if isinstance(obj, StageConfig):
+        return {"stage": obj.stage, **_plain(obj.params)}
+    if isinstance(obj, Component):
+        keys = ("distribution", "weight", *COMPONENT_PARAMS.get(obj.distribution, ()))
+        return {k: getattr(obj, k) for k in keys}
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            if f.name == "name":             # names are the mapping keys
+                continue
+            out[f.name] = _plain(getattr(obj, f.name))
+        if isinstance(obj, SyntheticSource) and obj.rate is None:
+            out["rate"] = "max"
+        return out
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,133 @@
+"""Wire messages (contract): control maps and data batches, packed and validated.
+
+Control: one msgpack map per ZeroMQ message, ``{"v": PROTOCOL_VERSION, "t": type, ...}``.
+Data:    multipart ``[header, payload]``: a msgpack header map and the raw bytes of
+         ``n`` consecutive frame records of the stream's dtype (header + channels),
+         exactly as they sit in the ring, so nothing is serialised per frame.
+
+Every received message goes through `unpack_control` / `unpack_data`, which check
+version, type, field types and sizes and raise `ProtocolError` with the reason;
+callers count and drop such messages, they never crash on them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from coordinator import PROTOCOL_VERSION
+
+
+class ProtocolError(ValueError):
+    """A received message is malformed or not for us."""
+
+
+# type -> {field: python type(s)}; fields listed here are required, others allowed.
+_NUM = (int, float)
+CONTROL_SCHEMA: dict[str, dict[str, Any]] = {
+    # node -> coordinator
+    "hello": {"role": str, "pid": int, "host": str, "version": str, "incarnation": str},
+    "configured": {"info": dict},
+    "started": {},
+    "stats": {"state": str, "counters": dict},
+    "source_done": {"produced": int},
+    "eor": {"report": dict},
+    "error": {"message": str, "fatal": bool},
+    "bye": {},
+    # coordinator -> node
+    "configure": {"run": int, "topology": dict, "run_dir": str, "params": dict},
+    "start": {},
+    "stop": {"reason": str},
+    "end": {"expect": dict},
+    "peer_lost": {"peer": str},
+    "shutdown": {},
+    # both ways
+    "heartbeat": {},
+}
+
+DATA_SCHEMA: dict[str, dict[str, Any]] = {
+    # acquisition -> processing: n records follow in one payload part
+    "frames": {"run": int, "stream": str, "module": str, "n": int, "first": int, "last": int,
+               "itemsize": int},
+    # processing -> acquisition: permission to send n more frames
+    "credit": {"n": int, "run": int},
+}
+
+
+def _check(msg: Any, schema: dict[str, dict[str, Any]], what: str) -> dict:
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"{what}: expected a msgpack map, got {type(msg).__name__}")
+    v = msg.get("v")
+    if v != PROTOCOL_VERSION:
+        raise ProtocolError(f"{what}: protocol version {v!r}, this node speaks {PROTOCOL_VERSION}")
+    t = msg.get("t")
+    fields = schema.get(t) if isinstance(t, str) else None
+    if fields is None:
+        raise ProtocolError(f"{what}: unknown message type {t!r}")
+    for key, typ in fields.items():
+        val = msg.get(key)
+        if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
+            raise ProtocolError(f"{what} {t!r}: field {key!r} missing or not {getattr(typ, '__name__', typ)}")
+    return msg
+
+
+def _unpack(raw: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"{what}: not msgpack ({type(exc).__name__})") from None
+
+
+def pack_control(t: str, **fields: Any) -> bytes:
+    """Build a control message; the schema is checked here too, so a bug shows at the sender."""
+    msg = {"v": PROTOCOL_VERSION, "t": t, **fields}
+    _check(msg, CONTROL_SCHEMA, "outgoing control message")
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def unpack_control(raw: bytes) -> dict:
+    return _check(_unpack(raw, "control message"), CONTROL_SCHEMA, "control message")
+
+
+def pack_credit(n: int, run: int) -> bytes:
+    return msgpack.packb({"v": PROTOCOL_VERSION, "t": "credit", "n": n, "run": run})
+
+
+def pack_frames_header(run: int, stream: str, module: str, records: np.ndarray) -> bytes:
+    """Header of a data message carrying `records` (consecutive ring slots)."""
+    return msgpack.packb({
+        "v": PROTOCOL_VERSION, "t": "frames", "run": run, "stream": stream, "module": module,
+        "n": len(records), "first": int(records["seq"][0]), "last": int(records["seq"][-1]),
+        "itemsize": records.dtype.itemsize,
+    })
+
+
+def unpack_data_header(raw: bytes) -> dict:
+    return _check(_unpack(raw, "data message"), DATA_SCHEMA, "data message")
+
+
+def records_from_payload(header: dict, parts: Sequence[Any], dtype: np.dtype) -> np.ndarray:
+    """Zero-copy view of the records of a `frames` message after checking it against `dtype`.
+
+    Checks: one payload part, item size equal to the stream's, byte count n*itemsize,
+    header first/last equal to the records' seqs, seqs strictly increasing.
+    """
+    if len(parts) != 1:
+        raise ProtocolError(f"frames message: expected 1 payload part, got {len(parts)}")
+    n, itemsize = header["n"], header["itemsize"]
+    if itemsize != dtype.itemsize:
+        raise ProtocolError(
+            f"frames message from {header['module']!r}: record size {itemsize} B, stream "
+            f"{header['stream']!r} has {dtype.itemsize} B")
+    buf = memoryview(parts[0])
+    if n < 1 or buf.nbytes != n * itemsize:
+        raise ProtocolError(f"frames message: {buf.nbytes} payload bytes for n={n} x {itemsize} B")
+    records = np.frombuffer(buf, dtype=dtype, count=n)
+    seq = records["seq"]
+    if int(seq[0]) != header["first"] or int(seq[-1]) != header["last"]:
+        raise ProtocolError("frames message: header first/last do not match the records' seqs")
+    if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):
+        raise ProtocolError("frames message: seqs not strictly increasing")
+    return records

@@ -1,0 +1,1 @@
+"""Processing node: receiver -> (event builder) -> pipeline stages -> sinks."""

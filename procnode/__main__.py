@@ -1,0 +1,3 @@
+from procnode.cli import main
+
+main()
