@@ -89,12 +89,12 @@ class AcqNode(NodeRuntime):
         self.shipper = Shipper(self.ring, self.data, self.run_no, stream.name, self.name,
                                topo.downstreams(self.name), min(batch, cfg.ring.slots))
         self._start_reader(msg, topo)
-        self.state = "configured"
-        self.send("configured", info={"endpoint": endpoint, "ring": self.ring.name,
-                                      "slots": cfg.ring.slots, "reader_pid": self.reader.pid,
-                                      "itemsize": stream.dtype.itemsize})
+        self.state = "configuring"
+        self.configured_info = {"endpoint": endpoint, "ring": self.ring.name, "slots": cfg.ring.slots,
+                                "reader_pid": self.reader.pid, "itemsize": stream.dtype.itemsize}
 
     def _start_reader(self, msg: dict, topo: Any) -> None:
+        """Start the reader; `configured` is sent when it says `ready` (never block the loop)."""
         ours, theirs = socket.socketpair()
         cfg = {"node": self.name, "topology": msg["topology"], "ring": self.ring.name,
                "filled_fd": self.ring.filled_fd, "freed_fd": self.ring.freed_fd,
@@ -105,9 +105,7 @@ class AcqNode(NodeRuntime):
             preexec_fn=set_pdeathsig)
         theirs.close()
         self.reader_conn = Connection(ours.detach())
-        if not self.reader_conn.poll(READER_START_TIMEOUT):
-            raise RuntimeError(f"reader process did not start within {READER_START_TIMEOUT:.0f} s")
-        self._on_reader()
+        self.reader_deadline = time.monotonic() + READER_START_TIMEOUT
         self.register(self.reader_conn.fileno(), self._on_reader)
 
     def on_start(self, msg: dict) -> None:
@@ -149,7 +147,10 @@ class AcqNode(NodeRuntime):
                 self.reader_conn = None
                 return
             t = msg.get("t")
-            if t == "gap":
+            if t == "ready" and self.state == "configuring":
+                self.state = "configured"
+                self.send("configured", info=self.configured_info)
+            elif t == "gap":
                 self.gaps.setdefault(msg["cause"], RangeSet()).add(msg["start"], msg["stop"])
             elif t == "done":
                 self.produced = msg["produced"]
@@ -172,10 +173,14 @@ class AcqNode(NodeRuntime):
             return
         if self.shipper.inflight:
             self.shipper.pump()
+        if self.state == "configuring" and time.monotonic() > self.reader_deadline:
+            self.fail(f"{self.name}: reader process did not start within {READER_START_TIMEOUT:.0f} s")
+            self.state = "failed"
         if self.reader is not None and not self.reader_done and self.reader.poll() is not None:
-            self.fail(f"{self.name}: reader process exited with status {self.reader.returncode}")
-            self.reader_done = True
-            self._on_reader()
+            self._on_reader()   # its last messages (`done`) may still be in the pipe
+            if not self.reader_done:
+                self.fail(f"{self.name}: reader process exited with status {self.reader.returncode}")
+                self.reader_done = True
         if self.state == "draining" and self.eor is None:
             if self.reader_done and self.shipper.idle():
                 self._end_of_run()
@@ -184,6 +189,10 @@ class AcqNode(NodeRuntime):
                     self.fail(f"{self.name}: reader did not stop within the drain timeout", fatal=False)
                 self.shipper.abandon()
                 self._end_of_run()
+
+    def poll_cap_ms(self) -> int:
+        # zero-copy sends complete without any socket event: look again soon while some are in flight
+        return 1 if self.shipper is not None and self.shipper.inflight else 100
 
     def _end_of_run(self) -> None:
         self.eor = {"produced": self.produced,

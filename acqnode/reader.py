@@ -39,6 +39,7 @@ class Reader:
         self.source = make_source(self.acq.source, self.stream)
         self.policy = self.acq.ring.policy
         self.stop_requested = False
+        self.produced = 0                            # frames the source produced (stored or dropped)
         self.pending_gap: list[int] | None = None   # [start, stop) of ring_overrun not yet reported
         self.last_gap_flush = time.monotonic()
 
@@ -86,28 +87,26 @@ class Reader:
                 break
             if msg.get("t") == "stop":
                 self.stop_requested = True
-        seq = 0
         try:
             if not self.stop_requested:
-                seq = self.acquire()
+                self.acquire()
         except Exception as exc:
             log.exception("source failed")
             self.flush_gap()
             self.send(t="error", message=f"source {self.acq.source.kind}: {type(exc).__name__}: {exc}",
-                      seq=seq, trace=traceback.format_exc(limit=5))
+                      seq=self.produced, trace=traceback.format_exc(limit=5))
         self.flush_gap()
         self.ring.close_writer()
         self.send(t="done", produced=self.produced)
         return 0
 
-    def acquire(self) -> int:
+    def acquire(self) -> None:
         limit = self.frames_limit if self.frames_limit is not None else np.iinfo(np.int64).max
         batch = self.batch_size()
         buf = np.empty(batch, dtype=self.stream.dtype)
         paced = self.source.pace(1) > 0.0
         t0 = time.monotonic()
         seq = 0
-        self.produced = 0
         while seq < limit and not self.should_stop():
             n = min(batch, limit - seq)
             if paced:
@@ -130,9 +129,6 @@ class Reader:
             self.produced = seq
             if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:
                 self.flush_gap()
-        return seq
-
-    produced = 0
 
     def close(self) -> None:
         self.source.close()

@@ -82,26 +82,28 @@ def balance(modules: dict[str, int | None], acq_reports: dict[str, dict | None],
 
     for module, produced in modules.items():
         acq = acq_reports.get(module) or {}
-        saved, vetoed_by, claimed = RangeSet(), {}, 0
+        saved, vetoed_by, corrupt_by, claimed = RangeSet(), {}, {}, 0
         for proc, rep in proc_reports.items():
             if not rep:
                 continue
             s = RangeSet(rep.get("saved", {}).get(module, []))
             claimed += s.count()
             saved.update(s)
-            v = RangeSet(rep.get("vetoed", {}).get(module, []))
-            if len(v):
-                vetoed_by[proc] = v
+            for cause, by in (("vetoed", vetoed_by), ("corrupt", corrupt_by)):
+                r = RangeSet(rep.get(cause, {}).get(module, []))
+                if len(r):
+                    by[proc] = r
         if produced is None:   # the acquisition node never reported: use what we saw of it
             top = max([seen_produced.get(module, 0)] + [b for _, b in saved])
             produced = top
         universe = RangeSet([(0, produced)])
         saved = saved.intersection(universe)
         rest = universe.difference(saved)
-        for proc, v in vetoed_by.items():
-            part = rest.intersection(v)
-            record(part, module, "vetoed", proc)
-            rest = rest.difference(part)
+        for cause, by in (("vetoed", vetoed_by), ("corrupt", corrupt_by)):
+            for proc, r in by.items():
+                part = rest.intersection(r)
+                record(part, module, cause, proc)
+                rest = rest.difference(part)
         for cause, ranges in acq.get("gaps", {}).items():
             part = rest.intersection(RangeSet(ranges))
             record(part, module, cause, module)

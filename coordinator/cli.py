@@ -94,3 +94,7 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     else:
         Console().print(summary_table(summary))
     sys.exit(summary["exit_code"])
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,8 @@ class ControlServer:
         self.rejected = 0
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a send to a gone node raises, not vanishes
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)    # a restarted node takes over its identity
+        # No ROUTER_HANDOVER: a second peer claiming a connected node's identity is refused,
+        # so nobody can hijack a node's control channel by naming themselves after it.
         self.sock.setsockopt(zmq.LINGER, 0)
         try:
             if port:

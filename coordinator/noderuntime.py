@@ -28,6 +28,18 @@ HEARTBEAT_INTERVAL = 0.5   # seconds between heartbeats/stats, both ways
 PRE_CONFIGURE_TIMEOUT = 10.0
 
 
+def inject_fault(point: str, node: str) -> None:
+    """Test hook: `DAQ_FAULT=<point>:<node>[,...]` makes that node exit with status 3 at `point`.
+
+    Points: `start` (before registering), `configure` (on the configure command).
+    Used by the fault tests to get a real process that dies at a real moment.
+    """
+    for item in os.environ.get("DAQ_FAULT", "").split(","):
+        if item == f"{point}:{node}":
+            print(f"{node}: injected fault at {point}", file=sys.stderr, flush=True)
+            os._exit(3)
+
+
 def setup_node_logging(name: str, level: int = logging.INFO) -> None:
     """Nodes log to stderr, which the launcher appends to the run's log.txt."""
     logging.basicConfig(
@@ -92,6 +104,10 @@ class NodeRuntime:
     def tick(self) -> None:
         """Called after every poll round."""
 
+    def poll_cap_ms(self) -> int:
+        """Longest poll wait; a node with work that no socket will announce asks for less."""
+        return 100
+
     def close(self) -> None:
         """Release node resources (rings, files, child processes)."""
 
@@ -105,17 +121,18 @@ class NodeRuntime:
         stop = self._request_stop
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
+            inject_fault("start", self.name)
             self.send("hello", role=self.role, pid=os.getpid(), host=socket.gethostname(),
                       version=__version__, incarnation=self.incarnation)
             while self.running:
                 now = time.monotonic()
                 due = min(t[0] for t in self._timers)
-                timeout_ms = max(0, min(100, int((due - now) * 1000) + 1))
+                timeout_ms = max(0, min(self.poll_cap_ms(), int((due - now) * 1000) + 1))
                 for sock, _ in self.poller.poll(timeout_ms):
                     if sock is self.control:
                         self._on_control()
                     else:
-                        self._handlers[sock]()
+                        self._guarded(self._handlers[sock])
                 self.tick()
                 now = time.monotonic()
                 for t in self._timers:
@@ -135,6 +152,16 @@ class NodeRuntime:
                 self.control.close(linger=500)
                 self.ctx.term()
 
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        """A bug on the data path must reach the coordinator as a fatal error, not kill the
+        node silently: the coordinator then ends the run by policy and keeps the books."""
+        try:
+            fn()
+        except Exception as exc:
+            log.exception("data handler failed")
+            self.fail(f"{self.name}: {type(exc).__name__}: {exc}")
+            self.running = False
+
     def _request_stop(self, signum: int, frame: Any) -> None:
         log.warning("signal %d: shutting down", signum)
         self.running = False
@@ -152,6 +179,8 @@ class NodeRuntime:
                 log.warning("rejected control message: %s", exc)
                 continue
             self.last_heard = time.monotonic()
+            if msg["t"] == "configure":
+                inject_fault("configure", self.name)
             handler = getattr(self, f"on_{msg['t']}", None)
             if handler is None:
                 self.rejected_control += 1

@@ -73,6 +73,10 @@ class RunAborted(RuntimeError):
     pass
 
 
+class RunInterrupted(RuntimeError):
+    pass
+
+
 def shipped_count(acq_report: dict | None, proc: str) -> int:
     """Frames an acquisition node says it sent to `proc` (what `proc` must wait for)."""
     return sum(b - a for a, b in (acq_report or {}).get("shipped", {}).get(proc, []))
@@ -101,6 +105,7 @@ class Coordinator:
         for name, p in topo.processing.items():
             self.nodes[name] = NodeStatus(name, "processing", p.host)
         self.stop_reason = ""
+        self.shutting_down = False
         self.interrupted = False
         self.abort = False
         self.failure: str | None = None
@@ -128,6 +133,10 @@ class Coordinator:
         log.info("run %s in %s", self.rundir.number, self.rundir.path)
         try:
             self._execute()
+        except RunInterrupted as exc:
+            log.warning("%s", exc)
+            if self.sm.can("fault"):
+                self.sm.fire("fault", str(exc))
         except (StartupError, RunAborted) as exc:
             self.failure = str(exc)
             log.error("%s", exc)
@@ -251,7 +260,7 @@ class Coordinator:
         while not cond():
             if self.abort or self.interrupted:
                 self.interrupted = True
-                raise RunAborted(f"interrupted during {what}")
+                raise RunInterrupted(f"interrupted during {what}")
             if self.failure:
                 raise StartupError(self.failure)
             lost = [n for n in self.nodes.values() if n.lost]
@@ -304,14 +313,16 @@ class Coordinator:
 
     def _check_liveness(self, now: float) -> None:
         for n in self.nodes.values():
-            if n.lost or n.state == "exited":
+            if n.lost or self.shutting_down:
                 continue
             code = n.proc.poll() if n.proc is not None else None
             if code is not None:
                 tail = " | ".join(last_lines(self.rundir.log_path, 3, f" {n.name} "))
                 self._lose(n, f"node {n.name!r} exited with status {code}"
                               + (f"; last log lines: {tail}" if tail else ""))
-            elif n.registered and now - n.last_seen > self.topo.run.heartbeat_timeout:
+            elif n.state == "exited" and n.proc is None:
+                self._lose(n, f"node {n.name!r} left the run")
+            elif n.registered and n.state != "exited" and now - n.last_seen > self.topo.run.heartbeat_timeout:
                 self._lose(n, f"node {n.name!r} silent for {now - n.last_seen:.1f} s")
 
     def _lose(self, n: NodeStatus, reason: str) -> None:
@@ -360,6 +371,7 @@ class Coordinator:
     # ---------------------------------------------------------------- ending
     def _shutdown(self) -> None:
         """Every node process ends and every ring segment is gone, whatever happened before."""
+        self.shutting_down = True
         if self.ctl is not None:
             for n in self.nodes.values():
                 if n.registered and not n.lost:

@@ -3,8 +3,9 @@
 One DEALER per upstream acquisition node (identity = this node's name), so
 credits go to the node they are meant for.  A received message is validated
 (version, run, stream, module, sizes, seqs) before use; a bad one is counted
-and dropped and its credit is returned, so one garbage message cannot stall
-the flow.
+and dropped; when its header was readable its seqs are booked as `corrupt`
+and its credit is returned, so one bad message can neither stall the flow nor
+hide frames.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class ProcNode(NodeRuntime):
         self.received: dict[str, int] = {}
         self.saved: dict[str, RangeSet] = {}
         self.vetoed: dict[str, RangeSet] = {}
+        self.corrupt: dict[str, RangeSet] = {}
         self.recv_bytes = 0
         self.rejected = 0
         self.expect: dict[str, int] | None = None
@@ -56,6 +58,7 @@ class ProcNode(NodeRuntime):
         self.dtypes = {s: topo.streams[s].dtype for s in self.cfg.streams}
         self.stages, self.files = build_pipeline(topo, self.name, self.run_no, Path(msg["run_dir"]))
         self.has_save = any(st.stage == "save" for st in self.cfg.pipeline)
+        self.stage_seconds = [0.0] * len(self.stages)
         endpoints = msg["params"]["endpoints"]
         for acq in topo.upstreams(self.name):
             sock = self.ctx.socket(zmq.DEALER)
@@ -67,7 +70,9 @@ class ProcNode(NodeRuntime):
             self.received[acq] = 0
             self.saved[acq] = RangeSet()
             self.vetoed[acq] = RangeSet()
+            self.corrupt[acq] = RangeSet()
             self.register(sock, lambda s=sock: self._on_data(s))
+        self.every(0.25, self._poll_stages)
         self.state = "configured"
         self.send("configured", info={"files": [str(f) for f in self.files]})
 
@@ -84,6 +89,8 @@ class ProcNode(NodeRuntime):
         if self.eor is not None:
             self.send("eor", report=self.eor)
             return
+        if self.state == "ending":
+            return   # a repeated request must not push the deadline back
         self.expect = {k: int(v) for k, v in msg["expect"].items()}
         self.end_deadline = time.monotonic() + self.drain_timeout
         self.state = "ending"
@@ -106,6 +113,7 @@ class ProcNode(NodeRuntime):
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            header = None
             try:
                 header = unpack_data_header(parts[0].bytes)
                 if header["t"] != "frames":
@@ -119,8 +127,7 @@ class ProcNode(NodeRuntime):
                     raise ProtocolError(f"frames of stream {header['stream']!r}, not received here")
                 records = records_from_payload(header, [p.buffer for p in parts[1:]], dtype)
             except ProtocolError as exc:
-                self.rejected += 1
-                log.warning("rejected data message from %s: %s", module, exc)
+                self._reject(sock, module, header, exc)
                 continue
             n = len(records)
             self.received[module] += n
@@ -129,11 +136,25 @@ class ProcNode(NodeRuntime):
             self._grant(sock, n)
         self._maybe_finish()
 
+    def _reject(self, sock: zmq.Socket, module: str, header: dict | None, exc: Exception) -> None:
+        """Count and drop a bad message; if its header was readable, book its seqs as corrupt
+        and give its credit back, so one bad message neither stalls the flow nor hides frames."""
+        self.rejected += 1
+        log.warning("rejected data message from %s: %s", module, exc)
+        if header and header.get("t") == "frames" and header.get("module") == module:
+            first, last, n = header["first"], header["last"], header["n"]
+            if 0 <= first <= last and 0 < n <= self.cfg.credits:
+                self.corrupt[module].add(first, last + 1)
+                self.received[module] += n
+                self._grant(sock, n)
+
     def _process(self, batch: Batch) -> None:
         module = batch.module
         current: Batch | None = batch
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
+            t0 = time.perf_counter()
             current, vetoed = stage.process(current)
+            self.stage_seconds[i] += time.perf_counter() - t0
             if vetoed is not None and len(vetoed):
                 self.vetoed[module].add_seqs(vetoed)
             if current is None:
@@ -145,6 +166,10 @@ class ProcNode(NodeRuntime):
                 self.saved[module].add(first, last + 1)
             else:
                 self.saved[module].add_seqs(seq)
+
+    def _poll_stages(self) -> None:
+        for stage in self.stages:
+            stage.poll()
 
     def tick(self) -> None:
         if self.state == "ending":
@@ -164,7 +189,10 @@ class ProcNode(NodeRuntime):
         self.eor = {"received": self.received, "recv_bytes": self.recv_bytes,
                     "rejected": self.rejected, "files": [str(f) for f in self.files],
                     "saved": {m: r.to_list() for m, r in self.saved.items()},
-                    "vetoed": {m: r.to_list() for m, r in self.vetoed.items()}}
+                    "vetoed": {m: r.to_list() for m, r in self.vetoed.items()},
+                    "corrupt": {m: r.to_list() for m, r in self.corrupt.items()},
+                    "stage_seconds": {f"{i}:{st.stage}": round(t, 6) for i, (st, t)
+                                      in enumerate(zip(self.cfg.pipeline, self.stage_seconds))}}
         self.state = "ended"
         self.send("eor", report=self.eor)
 

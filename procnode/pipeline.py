@@ -29,6 +29,9 @@ class Stage(Protocol):
     def process(self, batch: Batch) -> tuple[Batch | None, np.ndarray | None]:
         """Return (batch for the next stage or None, seqs vetoed or None)."""
 
+    def poll(self) -> None:
+        """Periodic housekeeping (e.g. time-based flush), called about 4 times a second."""
+
     def close(self) -> None: ...
 
 
@@ -37,11 +40,11 @@ class SaveStage:
         self.sink = sink
 
     def process(self, batch: Batch) -> tuple[Batch | None, np.ndarray | None]:
-        self.sink.write(batch.records)
+        self.sink.write(batch.stream, batch.records)
         return batch, None
 
-    def flush(self) -> None:
-        self.sink.flush()
+    def poll(self) -> None:
+        self.sink.poll()
 
     def close(self) -> None:
         self.sink.close()
@@ -52,6 +55,9 @@ class DrainStage:
 
     def process(self, batch: Batch) -> tuple[Batch | None, np.ndarray | None]:
         return None, batch.records["seq"]
+
+    def poll(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -70,12 +76,14 @@ def build_pipeline(topo: Any, node: str, run: int, run_dir: Path) -> tuple[list[
     files: list[Path] = []
     for st in cfg.pipeline:
         if st.stage == "save":
-            stream = topo.streams[cfg.streams[0]]
-            acq = topo.acquisition[stream.modules[0]]
+            streams = []
+            for name in cfg.streams:
+                stream = topo.streams[name]
+                acq = topo.acquisition[stream.modules[0]]
+                streams.append((stream, timebase(acq.source, stream.samples)))
             path = Path(run_dir) / f"{node}.h5"
             p = st.params
-            sink = HDF5Sink(path, stream, timebase(acq.source, stream.samples), run, node,
-                            topo.to_dict(), compression=p.get("compression"),
+            sink = HDF5Sink(path, streams, run, node, topo.to_dict(), compression=p.get("compression"),
                             compression_level=p.get("compression_level"),
                             chunk_frames=p.get("chunk_frames"),
                             flush_interval=p.get("flush_interval", 1.0))

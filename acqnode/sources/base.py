@@ -57,4 +57,8 @@ def make_source(config: SourceConfig, stream: StreamConfig) -> Source:
         from acqnode.sources.synthetic import SyntheticPulses
 
         return SyntheticPulses(config, stream)
-    raise ValueError(f"unknown source kind {kind!r} (known: 'synthetic')")
+    if kind == "pattern":
+        from acqnode.sources.pattern import PatternFrames
+
+        return PatternFrames(config, stream)
+    raise ValueError(f"unknown source kind {kind!r} (known: 'synthetic', 'pattern')")

@@ -13,6 +13,7 @@ from coordinator.topology.model import (
     Component,
     ControlConfig,
     HostConfig,
+    PatternSource,
     ProcessingConfig,
     RingConfig,
     RunConfig,
@@ -27,5 +28,5 @@ __all__ = [
     "load_topology", "topology_from_dict", "TopologyError", "Problem",
     "Topology", "RunConfig", "ControlConfig", "HostConfig", "StreamConfig",
     "AcquisitionConfig", "ProcessingConfig", "StageConfig", "RingConfig",
-    "SourceConfig", "SyntheticSource", "Component", "LOCALHOST", "SCHEMA_VERSION",
+    "SourceConfig", "SyntheticSource", "PatternSource", "Component", "LOCALHOST", "SCHEMA_VERSION",
 ]

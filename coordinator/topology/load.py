@@ -26,7 +26,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from coordinator.topology.model import (
     Component,
     ControlConfig,
     HostConfig,
+    PatternSource,
     ProcessingConfig,
     RingConfig,
     RunConfig,
@@ -139,8 +140,8 @@ def describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _did_you_mean(word: Any, choices: list[str]) -> str:
-    match = difflib.get_close_matches(str(word), choices, n=1)
+def _did_you_mean(word: Any, choices: list[Any]) -> str:
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
@@ -150,8 +151,16 @@ def _join(names: Any) -> str:
 
 # ---- checks: each reports its own problems and returns the value, or INVALID ------------
 
-INVALID: Any = type("Invalid", (), {"__repr__": lambda self: "INVALID"})()
-_NO_DEFAULT: Any = object()
+class _Marker:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+INVALID: Any = _Marker("INVALID")         # what a check returns after reporting a problem
+_NO_DEFAULT: Any = _Marker("NO_DEFAULT")
 
 
 class Check(Protocol):
@@ -160,7 +169,7 @@ class Check(Protocol):
     def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any: ...
 
 
-class Invalid(Exception):
+class Reject(Exception):
     """A leaf rejects a value: `message` replaces, `hint` extends 'expected X, got Y'."""
 
     def __init__(self, message: str | None = None, hint: str = ""):
@@ -171,7 +180,7 @@ class Invalid(Exception):
 
 @dataclass(frozen=True)
 class Leaf:
-    """A check of one plain value; `convert` returns it (converted) or raises Invalid."""
+    """A check of one plain value; `convert` returns it (converted) or raises Reject."""
 
     want: str
     convert: Callable[[Any], Any]
@@ -179,7 +188,7 @@ class Leaf:
     def __call__(self, ctx: _Context, value: Any, path: KeyPath) -> Any:
         try:
             return self.convert(value)
-        except Invalid as exc:
+        except Reject as exc:
             ctx.report(path, exc.message or f"expected {self.want}, got {describe(value)}{exc.hint}")
             return INVALID
 
@@ -216,10 +225,10 @@ def numeric(*, integer: bool, ge: float | None = None, le: float | None = None, 
         if isinstance(value, str) and value in words:
             return words[value]
         if not (_is_int(value) if integer else _is_number(value)):
-            raise Invalid(hint=" (quoted: write it without quotes)" if _looks_numeric(value) else "")
+            raise Reject(hint=" (quoted: write it without quotes)" if _looks_numeric(value) else "")
         if (ge is not None and value < ge) or (le is not None and value > le) or \
                 (gt is not None and value <= gt):
-            raise Invalid()
+            raise Reject()
         return value if integer else float(value)
 
     return Leaf(want, convert)
@@ -241,7 +250,7 @@ def one_of(*choices: str, null: bool = False) -> Leaf:
     def convert(value: Any) -> Any:
         if (value is None and null) or (isinstance(value, str) and value in choices):
             return value
-        raise Invalid(hint=_did_you_mean(value, list(choices)) if isinstance(value, str) else "")
+        raise Reject(hint=_did_you_mean(value, list(choices)) if isinstance(value, str) else "")
 
     return Leaf(want, convert)
 
@@ -253,7 +262,7 @@ def text(pattern: str | None = None, noun: str = "a non-empty string") -> Leaf:
     def convert(value: Any) -> Any:
         if isinstance(value, str) and value and (pattern is None or re.fullmatch(pattern, value)):
             return value
-        raise Invalid()
+        raise Reject()
 
     return Leaf(want, convert)
 
@@ -262,25 +271,25 @@ def _version(value: Any) -> int:
     if value == SCHEMA_VERSION and _is_int(value):
         return value
     if _is_int(value):
-        raise Invalid(f"unsupported schema version {value}, this software reads {SCHEMA_VERSION}")
-    raise Invalid()
+        raise Reject(f"unsupported schema version {value}, this software reads {SCHEMA_VERSION}")
+    raise Reject()
 
 
 def _dtype(value: Any) -> str:
     if not isinstance(value, str):
-        raise Invalid()
+        raise Reject()
     try:
         channel_dtype(value)
     except ValueError as exc:
-        raise Invalid(str(exc)) from None
+        raise Reject(str(exc)) from None
     return value
 
 
 def _channel_name(value: Any) -> str:
     if not (isinstance(value, str) and value.isidentifier()):
-        raise Invalid()
+        raise Reject()
     if value in HEADER_NAMES:
-        raise Invalid(f"channel name {value!r} is taken by the frame header "
+        raise Reject(f"channel name {value!r} is taken by the frame header "
                       f"({', '.join(HEADER_NAMES)} are reserved)")
     return value
 
@@ -288,7 +297,7 @@ def _channel_name(value: Any) -> str:
 def _launch(value: Any) -> str:
     if isinstance(value, str) and (value in LAUNCH_MODES or "{command}" in value):
         return value
-    raise Invalid(hint=_did_you_mean(value, list(LAUNCH_MODES)) if isinstance(value, str) else "")
+    raise Reject(hint=_did_you_mean(value, list(LAUNCH_MODES)) if isinstance(value, str) else "")
 
 
 # ---- mappings, lists, named collections, tagged variants ------------------------------
@@ -344,7 +353,7 @@ def _check_fields(ctx: _Context, value: dict, path: KeyPath, schema: Schema,
         if key in value:
             result = spec.check(ctx, value[key], path + (key,))
         elif spec.required:
-            ctx.report(path + (key,), f"required key is missing (expected {spec.check.want})")
+            ctx.report(path + (key,), f"required key is missing; expected {spec.check.want}")
             continue
         elif spec.default is not _NO_DEFAULT:
             result = spec.check(ctx, copy.deepcopy(spec.default), path + (key,))
@@ -395,8 +404,7 @@ class Named:
             ctx.report(path, f"expected {self.want}, got an empty mapping")
         out: dict[Any, Any] = {}
         for key, item in value.items():
-            if self.name(ctx, key, path + (key,)) is INVALID:
-                continue
+            self.name(ctx, key, path + (key,))   # a bad name is reported, its entry still checked
             entry = self.entry(ctx, item, path + (key,))
             if isinstance(entry, Record):
                 entry["name"] = key
@@ -450,7 +458,7 @@ class Variant:
         known = list(self.table)
         tag_path = path + (self.tag,)
         if self.tag not in value:
-            ctx.report(tag_path, f"required key is missing (expected one of {_join(known)})")
+            ctx.report(tag_path, f"required key is missing; expected one of {_join(known)}")
             return INVALID
         kind = value[self.tag]
         if not isinstance(kind, str):
@@ -498,7 +506,9 @@ POSITIVE = number(gt=0)
 NON_NEGATIVE = number(ge=0)
 PORT = integer(0, 65535)
 NAME = text(NAME_PATTERN, "a name")
-NODE_NAME = text(NODE_PATTERN, "a name")
+NODE_NAME = text(NODE_PATTERN, "a node name")
+STREAM_NAME = text(NODE_PATTERN, "a stream name")
+HOST_NAME = text(NAME_PATTERN, "a host name")
 HOST_REF = text(noun="a host name")
 STREAM_REF = text(noun="a stream name")
 NODE_REF = text(noun="an acquisition node name")
@@ -563,8 +573,14 @@ SYNTHETIC = Schema({
                                  "a component mapping or a non-empty list of them")),
 }, _model(SyntheticSource))
 
+PATTERN = Schema({
+    "rate": Field(number(gt=0, words={"max": None})),
+    "sample_ns": Field(POSITIVE),
+    "pretrigger": Field(integer(0, null=True)),      # < samples: a cross-check
+}, _model(PatternSource))
+
 #: Source kinds: kind -> schema (Red Pitaya, emulator, replay join here).
-SOURCES: dict[str, Schema] = {"synthetic": SYNTHETIC}
+SOURCES: dict[str, Schema] = {"synthetic": SYNTHETIC, "pattern": PATTERN}
 
 #: Pipeline stages: stage -> schema of its parameters (pha, filter, histogram join here).
 STAGES: dict[str, Schema] = {
@@ -602,8 +618,8 @@ TOPOLOGY = Schema({
     "name": Field(NAME, required=True),
     "run": Field(Section(RUN), default={}),
     "control": Field(Section(CONTROL)),
-    "hosts": Field(Named(Section(HOST), NAME, "a mapping of host name to host", nonempty=False)),
-    "streams": Field(Named(Section(STREAM), NODE_NAME, "a non-empty mapping of stream name to stream"),
+    "hosts": Field(Named(Section(HOST), HOST_NAME, "a mapping of host name to host", nonempty=False)),
+    "streams": Field(Named(Section(STREAM), STREAM_NAME, "a non-empty mapping of stream name to stream"),
                      required=True),
     "acquisition": Field(Named(Section(ACQUISITION), NODE_NAME,
                                "a non-empty mapping of node name to acquisition node"), required=True),
@@ -649,7 +665,7 @@ def _check_hosts(ctx: _Context, top: Record, acq: dict | None, proc: dict | None
     if top.get("hosts", {}) is INVALID:
         return
     hosts = top.get("hosts", {})
-    known = f"hosts: {_join(hosts)}" if hosts else "there is no hosts section, so only 'localhost'"
+    known = f"hosts: {_join(hosts)}" if hosts else f"without hosts every node runs on {LOCALHOST!r}"
     for section, nodes in (("acquisition", acq), ("processing", proc)):
         for name, node in _records(nodes).items():
             host = node.get("host", LOCALHOST)
@@ -669,24 +685,29 @@ def _check_acquisition_streams(ctx: _Context, streams: dict, acq: dict | None) -
                        f"stream {stream!r} is not defined; streams: {_join(streams)}")
             continue
         source, spec = node.get("source"), streams[stream]
-        if isinstance(source, Record) and source.get("pretrigger") is not None \
-                and isinstance(spec, Record) and spec.ok("samples") \
-                and source["pretrigger"] >= spec["samples"]:
-            samples = spec["samples"]
+        if not (isinstance(source, Record) and source.ok("pretrigger") and source["pretrigger"] is not None
+                and isinstance(spec, Record) and spec.ok("samples")):
+            continue
+        samples, pretrigger = spec["samples"], source["pretrigger"]
+        if pretrigger >= samples:
             ctx.report(("acquisition", name, "source", "pretrigger"),
                        f"expected an integer 0..{samples - 1} (stream {stream!r} has {samples} samples), "
-                       f"got {source['pretrigger']}")
+                       f"got {pretrigger}")
 
 
 def _members(streams: dict, acq: dict | None) -> dict[str, list[str]] | None:
-    """Acquisition nodes of each stream in file order; None if some node's stream is unknown."""
+    """Acquisition nodes of each stream in file order.
+
+    None if some node's stream is invalid or undefined: that is reported already,
+    and rules built on membership would only repeat it in other words.
+    """
     if acq is None:
         return None
     members: dict[str, list[str]] = {s: [] for s in streams}
     for name, node in acq.items():
-        if not (isinstance(node, Record) and node.ok("stream")):
+        if not (isinstance(node, Record) and node.ok("stream") and node["stream"] in streams):
             return None
-        members.setdefault(node["stream"], []).append(name)
+        members[node["stream"]].append(name)
     return members
 
 
@@ -730,7 +751,7 @@ def _check_module_list(ctx: _Context, path: KeyPath, stream: str, modules: list,
 def _resolve_receivers(ctx: _Context, streams: dict, acq: dict | None, proc: dict | None) -> None:
     """Processing streams exist (default: all); nobody receives nothing, nobody sends to nobody."""
     members = _members(streams, acq)
-    complete = proc is not None
+    complete = bool(proc)   # every processing node's stream list is known and fine
     for name, node in (proc or {}).items():
         if not isinstance(node, Record) or "streams" in node.invalid:
             complete = False
@@ -738,31 +759,37 @@ def _resolve_receivers(ctx: _Context, streams: dict, acq: dict | None, proc: dic
         given = "streams" in node
         if not given:
             node["streams"] = list(streams)
-        _check_stream_list(ctx, ("processing", name, "streams"), node["streams"], streams)
-        if members is not None and not any(members.get(s) for s in node["streams"] if s is not INVALID):
+        if not _check_stream_list(ctx, ("processing", name, "streams"), node["streams"], streams):
+            complete = False
+            continue
+        if members is not None and not any(members[s] for s in node["streams"]):
             why = "its streams list is empty" if not node["streams"] else \
                 "no acquisition node has any of its streams"
             ctx.report(("processing", name) + (("streams",) if given else ()),
                        f"processing node {name!r} receives nothing ({why})")
-    if not complete:
+    if not complete or members is None:
         return
     received = {s for node in proc.values() for s in node["streams"]}
-    for name, node in _records(acq).items():
-        if node.ok("stream") and node["stream"] in streams and node["stream"] not in received:
-            ctx.report(("acquisition", name), f"acquisition node {name!r} sends to nobody: "
-                                              f"no processing node receives stream {node['stream']!r}")
+    for stream, names in members.items():
+        for acq_name in names if stream not in received else ():
+            ctx.report(("acquisition", acq_name), f"acquisition node {acq_name!r} sends to nobody: "
+                                                  f"no processing node receives stream {stream!r}")
 
 
-def _check_stream_list(ctx: _Context, path: KeyPath, names: list, streams: dict) -> None:
+def _check_stream_list(ctx: _Context, path: KeyPath, names: list, streams: dict) -> bool:
+    """Each listed stream exists, once; False if any item is wrong."""
     seen: set[str] = set()
+    ok = True
     for i, stream in enumerate(names):
         if stream is INVALID:
-            continue
-        if stream in seen:
+            ok = False
+        elif stream in seen:
             ctx.report(path + (Index(i),), f"{stream!r} is listed twice")
         elif stream not in streams:
             ctx.report(path + (Index(i),), f"stream {stream!r} is not defined; streams: {_join(streams)}")
+            ok = False
         seen.add(stream)
+    return ok
 
 
 def _absolute(directory: str, base_dir: Path) -> Path:

@@ -59,7 +59,20 @@ class SyntheticSource:
     amplitude: tuple[Component, ...] = field(default_factory=default_spectrum)
 
 
-SourceConfig = Union[SyntheticSource]   # Red Pitaya, emulator, replay join here (issue 3+)
+@dataclass(frozen=True)
+class PatternSource:
+    """Deterministic test pattern (a ramp shifted by seq): costs a memory copy per frame.
+
+    For transport benchmarks and for checking bytes end to end without physics.
+    """
+
+    kind: Literal["pattern"] = "pattern"
+    rate: float | None = None          # frames per second, evenly spaced; None means `max`
+    sample_ns: float = 8.0
+    pretrigger: int | None = None
+
+
+SourceConfig = Union[SyntheticSource, PatternSource]   # Red Pitaya, emulator, replay join here (issue 3+)
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,7 @@ def _plain(obj: Any) -> Any:
             if f.name == "name":             # names are the mapping keys
                 continue
             out[f.name] = _plain(getattr(obj, f.name))
-        if isinstance(obj, SyntheticSource) and obj.rate is None:
+        if "kind" in out and "rate" in out and out["rate"] is None:   # a source: rate None is `max`
             out["rate"] = "max"
         return out
     if isinstance(obj, dict):

@@ -56,7 +56,7 @@ class Document:
 class YamlSyntaxError(Exception):
     """The text is not (supported) YAML; `line` is 1-based or None."""
 
-    def __init__(self, message: str, line: int | None):
+    def __init__(self, message: str, line: int | None = None):
         super().__init__(message)
         self.message = message
         self.line = line
@@ -64,18 +64,21 @@ class YamlSyntaxError(Exception):
 
 def parse(text: str) -> Document:
     """Parse one YAML document into plain values, key positions and duplicate keys."""
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         root = loader.get_single_node()
-        if root is None:
-            return Document(None)
-        return _Walker(loader).document(root)
+        return Document(None) if root is None else _Walker(loader).document(root)
     except yaml.MarkedYAMLError as exc:
-        raise YamlSyntaxError(_describe_yaml_error(exc), _line(exc.problem_mark or exc.context_mark)) from None
-    except yaml.YAMLError as exc:   # e.g. a control character in the stream (no mark)
-        raise YamlSyntaxError(str(exc).splitlines()[0], None) from None
+        line = _line(exc.problem_mark or exc.context_mark)
+        raise YamlSyntaxError(_describe_yaml_error(exc), line) from None
+    except yaml.reader.ReaderError as exc:   # a character YAML does not allow; has a position, no mark
+        line = text.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise YamlSyntaxError(f"character U+{code:04X} is not allowed in YAML", line) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _mark(node: Node) -> Mark:
@@ -113,7 +116,7 @@ class _Walker:
 
     def value(self, node: Node, path: KeyPath) -> Any:
         if isinstance(node, ScalarNode):
-            return self.loader.construct_object(node, deep=True)
+            return self.scalar(node)
         if id(node) in self.active:
             raise YamlSyntaxError("recursive alias (a node that contains itself)", _mark(node).line)
         self.active.add(id(node))
@@ -151,7 +154,7 @@ class _Walker:
             own[key] = self.value(value_node, path + (key,))
         result: dict[Any, Any] = {}
         for source in merged:
-            for key, value in self.mapping(source, path).items():
+            for key, value in self.value(source, path).items():
                 if key not in own and key not in result:
                     result[key] = value
         for key, mark in last_seen.items():   # after merging, which notes the anchor's positions
@@ -163,7 +166,13 @@ class _Walker:
         if not isinstance(node, ScalarNode):
             raise YamlSyntaxError("a mapping key must be a plain value, not a list or mapping",
                                   _mark(node).line)
-        return self.loader.construct_object(node)
+        return self.scalar(node)
+
+    def scalar(self, node: ScalarNode) -> Any:
+        try:
+            return self.loader.construct_object(node)
+        except (ValueError, TypeError, OverflowError):   # e.g. `!!int x`: PyYAML lets int() fail
+            raise YamlSyntaxError(f"cannot read {node.value!r} as {node.tag}", _mark(node).line) from None
 
     def _merge_sources(self, node: Node) -> list[MappingNode]:
         sources = node.value if isinstance(node, SequenceNode) else [node]

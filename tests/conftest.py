@@ -1,0 +1,146 @@
+"""Shared test helpers: run the real command line, check that nothing outlives a test."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import yaml
+
+SHM = Path("/dev/shm")
+NODE_MARKERS = ("acqnode", "procnode")
+
+
+def ring_segments(folder: Path | None = None) -> set[str]:
+    """Ring segments present; with `folder`, only those whose owner runs in it or is dead (a leak)."""
+    names = {p.name for p in SHM.glob("daqring-*")}
+    if folder is None:
+        return names
+    out = set()
+    for name in names:
+        try:
+            owner = psutil.Process(int(name.split("-")[1]))
+            if str(owner.cwd()).startswith(str(folder)):
+                out.add(name)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, ValueError, IndexError):
+            out.add(name)
+        except psutil.AccessDenied:
+            pass
+    return out
+
+
+def node_processes() -> list[psutil.Process]:
+    """Node processes (acqnode, procnode, readers) started by this test process, alive or zombie."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any(m in " ".join(p.cmdline()) for m in NODE_MARKERS) and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return out
+
+
+def orphan_nodes(since: float, folder: Path) -> list[str]:
+    """Node processes created after `since` whose working folder is inside `folder`.
+
+    Looks at the whole machine because a killed coordinator's children are reparented;
+    the folder (tests run the coordinator in their tmp_path, nodes inherit it) keeps
+    other sessions' nodes out of it.
+    """
+    out = []
+    for p in psutil.process_iter(["cmdline", "create_time", "pid", "cwd"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.info["create_time"] >= since - 1 and any(f"-m {m}" in cmd for m in NODE_MARKERS) \
+                    and str(p.info["cwd"] or "").startswith(str(folder)) \
+                    and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.info['pid']}: {cmd[:120]}")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+    return out
+
+
+@pytest.fixture
+def clean_system(tmp_path):
+    """Fails the test if it leaves a node process or a ring segment behind."""
+    before = ring_segments()
+    t0 = time.time()
+    yield
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and (orphan_nodes(t0, tmp_path) or ring_segments(tmp_path) - before):
+        time.sleep(0.1)
+    left_procs = orphan_nodes(t0, tmp_path)
+    left_segs = ring_segments(tmp_path) - before
+    for seg in left_segs:  # do not poison the next tests
+        (SHM / seg).unlink(missing_ok=True)
+    for line in left_procs:
+        try:
+            psutil.Process(int(line.split(":")[0])).kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not left_procs, f"node processes left: {left_procs}"
+    assert not left_segs, f"ring segments left: {left_segs}"
+
+
+def small_topology(**overrides: Any) -> dict:
+    """A fast topology: one synthetic acquisition node, two processing nodes."""
+    topo = {
+        "topology": 1,
+        "name": "t",
+        "run": {"directory": "runs", "frames": 2000, "drain_timeout": 3.0},
+        "streams": {"pulses": {"samples": 512, "channels": {"IN1": "int16", "IN2": "int16"}}},
+        "acquisition": {"synth1": {"stream": "pulses", "ring": {"slots": 64},
+                                   "source": {"kind": "synthetic", "rate": "max", "seed": 7}}},
+        "processing": {"proc1": {}, "proc2": {}},
+    }
+    for path, value in overrides.items():
+        node = topo
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if value is None:
+            node.pop(keys[-1], None)
+        else:
+            node[keys[-1]] = value
+    return topo
+
+
+def write_topology(tmp_path: Path, topo: dict, name: str = "topo.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(topo, sort_keys=False))
+    return path
+
+
+def coordinator_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "coordinator.cli", *args]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 90,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(coordinator_cmd(*args), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def run_json(topo_path: Path, *extra: str, env: dict | None = None,
+             timeout: float = 90) -> tuple[subprocess.CompletedProcess, dict | None]:
+    res = run_cli("run", str(topo_path), "--json", *extra, cwd=topo_path.parent, env=env, timeout=timeout)
+    try:
+        summary = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        summary = None
+    return res, summary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,135 @@
+"""Bad input and faults on a real system: each ends with a clear message and nothing left behind."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from conftest import (coordinator_cmd, free_port, run_json, small_topology, write_topology)
+from test_e2e import assert_books_by_seq
+
+pytestmark = pytest.mark.usefixtures("clean_system")
+
+
+@pytest.mark.parametrize("point", ["start", "configure"])
+def test_node_process_that_exits_during_startup(tmp_path, point):
+    res, summary = run_json(write_topology(tmp_path, small_topology()), env={"DAQ_FAULT": f"{point}:proc2"})
+    assert res.returncode == 1
+    assert summary["result"] == "failed"
+    assert "proc2" in summary["message"] and "exited with status 3" in summary["message"]
+    run_dir = Path(summary["run_dir"])
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["states"][-1]["state"] == "fault"
+    assert "injected fault" in (run_dir / "log.txt").read_text()
+
+
+def test_control_port_in_use(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res, summary = run_json(write_topology(tmp_path, small_topology(**{"control.port": port})))
+    assert res.returncode == 1
+    assert f"127.0.0.1:{port}" in summary["message"] and "in use" in summary["message"]
+
+
+def test_data_port_in_use(tmp_path):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        topo = small_topology(**{"acquisition.synth1.data_port": port})
+        res, summary = run_json(write_topology(tmp_path, topo))
+    assert res.returncode == 1
+    assert "synth1" in summary["message"] and "cannot bind data socket" in summary["message"]
+    assert str(port) in summary["message"]
+
+
+def _wait_for_frames(run_dir_parent: Path, proc: subprocess.Popen, minimum: int, timeout: float = 30) -> Path:
+    """Wait (bounded) until the running system has produced `minimum` frames, per stats.csv."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        for stats in run_dir_parent.glob("*/stats.csv"):
+            rows = stats.read_text().splitlines()[1:]
+            if any(r.split(",")[1] == "synth1" and int(r.split(",")[4]) >= minimum for r in rows):
+                return stats.parent
+        time.sleep(0.1)
+    raise AssertionError("the run produced no frames in time")
+
+
+def test_ctrl_c_keeps_data_and_records_interrupted(tmp_path):
+    topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000})
+    topo_path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_frames(tmp_path / "runs", proc, 200)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    summary = json.loads(out)
+    assert summary["result"] == "interrupted" and summary["stop_reason"] == "interrupted"
+    run_dir = Path(summary["run_dir"])
+    assert json.loads((run_dir / "run.json").read_text())["result"] == "interrupted"
+    produced = summary["books"]["produced"]
+    saved, missing = assert_books_by_seq(run_dir, produced)
+    assert produced >= 200 and len(saved) == produced    # an orderly stop drains everything
+
+
+def test_garbage_on_control_and_data_sockets(tmp_path):
+    control_port, data_port = free_port(), free_port()
+    topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000,
+                             "control.port": control_port, "acquisition.synth1.data_port": data_port})
+    topo_path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", "--duration", "4"),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx = zmq.Context()
+    rng = np.random.default_rng(1)
+    garbage = [b"", b"\x00" * 10, rng.bytes(100), msgpack.packb([1, 2, 3]), msgpack.packb({"v": 99, "t": "stats"}),
+               msgpack.packb({"v": 1, "t": "nonsense"}), msgpack.packb({"v": 1, "t": "stats", "state": 5}),
+               msgpack.packb({"v": 1, "t": "credit", "n": 10**6, "run": 1}),
+               msgpack.packb({"v": 1, "t": "frames", "run": 1, "stream": "pulses", "module": "synth1",
+                              "n": 1, "first": 0, "last": 0, "itemsize": 3})]
+    try:
+        _wait_for_frames(tmp_path / "runs", proc, 100)
+        socks = []
+        for ident, port in ((b"intruder", control_port), (b"synth1", control_port),
+                            (b"intruder", data_port), (b"mallory", data_port)):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.IDENTITY, ident + b"-" + str(len(socks)).encode() if ident == b"intruder" else ident)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(f"tcp://127.0.0.1:{port}")
+            socks.append(s)
+        time.sleep(0.3)
+        for s in socks:
+            for g in garbage:
+                s.send(g)
+            s.send_multipart([b"a", b"b", b"c"])
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for s in socks if "socks" in dir() else []:
+            s.close()
+        ctx.term()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["control"]["rejected"] >= len(garbage)
+    assert summary["nodes"]["synth1"]["report"]["rejected"] >= len(garbage)
+    assert summary["nodes"]["synth1"]["errors"] == [] and summary["result"] == "completed"
+    produced = summary["books"]["produced"]
+    saved, _ = assert_books_by_seq(Path(summary["run_dir"]), produced)
+    assert len(saved) == produced
