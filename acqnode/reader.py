@@ -101,9 +101,13 @@ class Reader:
         return 0
 
     def acquire(self) -> None:
+        """Produce frames straight into reserved ring slots (no intermediate copy).
+
+        Full ring: `block` waits for the shipper to free slots (dead time for the
+        source); `drop` skips the frames that do not fit and reports them as a gap.
+        """
         limit = self.frames_limit if self.frames_limit is not None else np.iinfo(np.int64).max
         batch = self.batch_size()
-        buf = np.empty(batch, dtype=self.stream.dtype)
         paced = self.source.pace(1) > 0.0
         t0 = time.monotonic()
         seq = 0
@@ -120,11 +124,18 @@ class Reader:
                 while k < n and self.source.pace(seq + k) <= now:
                     k += 1
                 n = k
-            frames = self.source.frames(seq, n, out=buf[:n])
-            stored = self.ring.put(frames, self.policy, stop=self.should_stop)
+            views = self.ring.reserve(n)
+            stored = 0
+            for view in views:
+                self.source.frames(seq + stored, len(view), out=view)
+                stored += len(view)
+            self.ring.commit(stored)
             if stored < n and self.policy == "drop":
+                self.ring.note_dropped(n - stored)
                 self.note_gap(seq + stored, seq + n)
                 stored = n
+            elif stored == 0:
+                self.ring.wait_free(0.1)
             seq += stored
             self.produced = seq
             if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:

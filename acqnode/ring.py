@@ -36,6 +36,12 @@ On other architectures a fence is made from a thread-local lock release+acquire 
 semaphore atomics are release/acquire, which order the publishing stores), see ``_fence``.
 Counters are 8-byte aligned uint64: a 64-bit platform (x86-64, aarch64) is assumed.
 
+Lifetime: all arrays are ``np.frombuffer`` views of the mapping, which hold a buffer export, so
+``close()`` never unmaps memory that a peeked view (or a zero-copy ZeroMQ send) still uses; the
+mapping then goes away with the last view.  Segments are plain /dev/shm files (see ``acqnode.shm``),
+so the multiprocessing resource tracker is never involved; the owner unlinks on close / exit,
+and ``cleanup_stale`` removes segments whose owner died.
+
 Each role's methods are meant to be used by one thread of one process at a time.
 """
 from __future__ import annotations
@@ -298,6 +304,7 @@ class Ring:
         self._vrec = np.frombuffer(mm, self._vdtype, self.slots, data_off)  # raw records (memcpy)
         self.records = np.frombuffer(mm, dtype, self.slots, data_off)
         self._pollers: dict[int, select.poll] = {}
+        self._reserved = 0
         self._is_closed = False
         fds = (filled_fd, freed_fd)
         if owner:
@@ -486,6 +493,51 @@ class Ring:
         self._head[0] = head + n
         _ring_bell(self.filled_fd)
         return n
+
+    def reserve(self, max_n: int) -> list[np.ndarray]:
+        """Zero-copy alternative to :meth:`write` for a source that can fill records in place
+        (e.g. ``sock.recv_into``): writable views of up to ``max_n`` free slots ([] if full, two
+        views if the run wraps), marked BUSY for observers.  Publish the first n with :meth:`commit`."""
+        slots = self.slots
+        head = self._head.item()
+        n = min(int(max_n), slots - (head - self._tail.item()))
+        if n <= 0:
+            self._reserved = 0
+            return []
+        if self._wclosed.item():
+            raise RuntimeError(f"ring {self.name!r}: reserve after close_writer()")
+        i = head % slots
+        first = min(n, slots - i)
+        st = self.stamps
+        st[i:i + first] = BUSY
+        if n > first:
+            st[:n - first] = BUSY
+        _fence()
+        self._reserved = n
+        if first == n:
+            return [self.records[i:i + n]]
+        return [self.records[i:], self.records[:n - first]]
+
+    def commit(self, n: int) -> None:
+        """Publish the first ``n`` records filled in the views of the last :meth:`reserve`."""
+        n = int(n)
+        if not 0 <= n <= self._reserved:
+            raise ValueError(f"commit({n}) but {self._reserved} slots are reserved")
+        self._reserved = 0
+        if n == 0:
+            return
+        head = self._head.item()
+        i = head % self.slots
+        first = min(n, self.slots - i)
+        _fence()
+        pos = np.arange(head, head + n, dtype=np.uint64)
+        st = self.stamps
+        st[i:i + first] = pos[:first]
+        if n > first:
+            st[:n - first] = pos[first:]
+        _fence()
+        self._head[0] = head + n
+        _ring_bell(self.filled_fd)
 
     def note_dropped(self, n: int) -> None:
         """The writer dropped ``n`` records (full ring under the ``drop`` policy)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.logging import RichHandler
 
 from coordinator.topology import Topology, TopologyError, load_topology
 
@@ -77,10 +78,13 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     from coordinator.session import Coordinator, RunOptions
 
     topo = _load_or_exit(topology)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
     console = Console(stderr=True)
     display = LiveDisplay(console) if (not as_json and console.is_terminal) else None
+    # Warnings and errors on the terminal (above the live table); everything goes to log.txt.
+    handler = RichHandler(console=console, show_path=False) if display else logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(message)s" if display else "%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
     options = RunOptions(frames=frames, duration=duration,
                          run_dir=Path(run_dir) if run_dir else None, loopback=loopback)
     coord = Coordinator(topo, options, display)

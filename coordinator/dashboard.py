@@ -43,10 +43,12 @@ class LiveDisplay:
         if now - self._last < REFRESH:
             return
         self._last = now
+        if coord.sm.state in ("idle", "configured"):
+            return   # nothing to show until frames flow
         elapsed = now - coord.run_started if coord.run_started else 0.0
         body = Group(_node_table(coord), Text(f"elapsed {elapsed:6.1f} s   run dir {coord.rundir.path}"))
         if self.live is None:
-            self.live = Live(body, console=self.console, auto_refresh=False, transient=True)
+            self.live = Live(body, console=self.console, auto_refresh=False, transient=False)
             self.live.start()
         else:
             self.live.update(body, refresh=True)
@@ -60,7 +62,7 @@ class LiveDisplay:
 def summary_table(summary: dict) -> Group:
     b = summary["books"]
     t = Table(title=f"{summary['name']} run {summary['run']}: {summary['result']}"
-                    f" ({summary.get('stop_reason') or summary.get('message')})")
+                    f" ({summary.get('stop_reason') or 'see message'})", min_width=60)
     t.add_column("")
     t.add_column("frames", justify="right")
     t.add_row("produced", f"{b['produced']:,}")

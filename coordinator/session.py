@@ -24,6 +24,7 @@ import zmq
 from coordinator.books import Books, balance
 from coordinator.control import ControlServer, StartupError
 from coordinator.launcher import LocalLauncher
+from coordinator.nodefiles import clear_write_flags, saved_in_file
 from coordinator.procutil import terminate
 from coordinator.rundir import MASTER_FILE, RunDirectory, last_lines, versions
 from coordinator.statemachine import StateMachine
@@ -34,7 +35,7 @@ log = logging.getLogger("coordinator")
 HEARTBEAT_INTERVAL = 0.5
 STATS_INTERVAL = 1.0
 RETRY_INTERVAL = 1.0
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_FAILED, EXIT_DEGRADED, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 
 @dataclass
@@ -402,11 +403,32 @@ class Coordinator:
             return "failed", EXIT_FAILED
         if self.interrupted:
             return "interrupted", EXIT_INTERRUPTED
+        if any(n.lost for n in self.nodes.values()):
+            return "degraded", EXIT_DEGRADED
         return "completed", EXIT_OK
+
+    def _salvage(self, n: NodeStatus) -> dict | None:
+        """A processing node that sent no report: what its file holds (up to its last flush)."""
+        saved: dict[str, list] = {}
+        dead = n.proc is not None and n.proc.poll() is not None
+        for path in n.info.get("files", []):
+            try:
+                if dead and clear_write_flags(Path(path)):
+                    log.warning("%s: cleared the write flags its crash left in %s", n.name, path)
+                for module, ranges in saved_in_file(Path(path)).items():
+                    saved.setdefault(module, []).extend(ranges)
+            except Exception as exc:  # unreadable or never created: nothing salvaged
+                log.warning("%s: could not read %s: %s", n.name, path, exc)
+        if not saved:
+            return None
+        log.warning("%s sent no report; %d frames found in its file are kept as saved",
+                    n.name, sum(b - a for r in saved.values() for a, b in r))
+        return {"saved": saved, "files": n.info.get("files", []), "salvaged": True}
 
     def _record(self) -> dict:
         acq_reports = {n.name: n.eor for n in self.nodes.values() if n.role == "acquisition"}
-        proc_reports = {n.name: n.eor for n in self.nodes.values() if n.role == "processing"}
+        proc_reports = {n.name: n.eor or self._salvage(n) for n in self.nodes.values()
+                        if n.role == "processing"}
         lost = {n.name for n in self.nodes.values() if n.lost}
         started = self.sm.history[-1]["state"] != "fault" or any(n.started for n in self.nodes.values())
         produced = {a: (r or {}).get("produced") for a, r in acq_reports.items()}
@@ -424,7 +446,8 @@ class Coordinator:
                 log.error("could not write the master file: %s", exc)
         summary = {
             "name": self.topo.name, "run": self.rundir.number, "run_dir": str(self.rundir.path),
-            "result": result, "exit_code": code, "message": self.failure or "",
+            "result": result, "exit_code": code,
+            "message": self.failure or "; ".join(n.lost_reason for n in self.nodes.values() if n.lost),
             "stop_reason": self.stop_reason,
             "topology_file": str(self.topo.path) if self.topo.path else None,
             "started": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(),

@@ -7,6 +7,7 @@ Layout::
         seq        (N,)         uint64    event number
         timestamp  (N,)         uint64    ns
         flags      (N,)         uint32
+        module     (N,)         uint16    index into the attribute `names` (acquisition nodes)
         <channel>  (N, samples) dtype of the stream, units counts|V
         time       (samples,)   float64   ns, 0 at the trigger
     /entry/configuration        NXcollection (resolved topology, node name)
@@ -54,6 +55,11 @@ class StreamWriter:
                         "seq_indices": 0, "time_indices": 1})
         self.ds: dict[str, h5py.Dataset] = {}
         self.stage: dict[str, np.ndarray] = {}
+        self.module_index = {m: i for i, m in enumerate(stream.modules)}
+        self.ds["module"] = g.create_dataset("module", (0,), dtype="<u2", maxshape=(None,),
+                                             chunks=(max(chunk, 4096),))
+        self.ds["module"].attrs["names"] = np.array(stream.modules, dtype=STR)
+        self.stage["module"] = np.empty(self.capacity, dtype="<u2")
         for name in ("seq", "timestamp", "flags", *self.channels):
             sub = dtype.fields[name][0]
             shape = sub.shape
@@ -72,12 +78,13 @@ class StreamWriter:
         self.written = 0
         self.staged = 0
 
-    def append(self, records: np.ndarray) -> None:
+    def append(self, module: str, records: np.ndarray) -> None:
         i, n = 0, len(records)
+        index = self.module_index[module]
         while i < n:
             k = min(self.capacity - self.staged, n - i)
             for name, buf in self.stage.items():
-                buf[self.staged:self.staged + k] = records[name][i:i + k]
+                buf[self.staged:self.staged + k] = index if name == "module" else records[name][i:i + k]
             self.staged += k
             i += k
             if self.staged == self.capacity:
@@ -114,8 +121,8 @@ class HDF5Sink:
         cfg.attrs.update({"NX_class": "NXcollection", "topology_json": json.dumps(topology), "node": node})
         self.file.swmr_mode = True
 
-    def write(self, stream: str, records: np.ndarray) -> None:
-        self.writers[stream].append(records)
+    def write(self, stream: str, module: str, records: np.ndarray) -> None:
+        self.writers[stream].append(module, records)
 
     def poll(self) -> None:
         """Write what is staged and flush, once per flush interval (called by the node's timer)."""
@@ -133,3 +140,4 @@ class HDF5Sink:
             self.flush()
             self.file.close()
             self.file = None
+

@@ -40,7 +40,7 @@ class SaveStage:
         self.sink = sink
 
     def process(self, batch: Batch) -> tuple[Batch | None, np.ndarray | None]:
-        self.sink.write(batch.stream, batch.records)
+        self.sink.write(batch.stream, batch.module, batch.records)
         return batch, None
 
     def poll(self) -> None:

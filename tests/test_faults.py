@@ -133,3 +133,45 @@ def test_garbage_on_control_and_data_sockets(tmp_path):
     produced = summary["books"]["produced"]
     saved, _ = assert_books_by_seq(Path(summary["run_dir"]), produced)
     assert len(saved) == produced
+
+
+def _node_pid(name: str, folder: Path, timeout: float = 10) -> int:
+    """pid of the node process `name` running in `folder` (bounded wait)."""
+    import psutil
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter(["cmdline", "cwd", "pid"]):
+            cmd = p.info["cmdline"] or []
+            if "--name" in cmd and cmd[cmd.index("--name") + 1] == name \
+                    and str(p.info["cwd"] or "").startswith(str(folder)):
+                return p.info["pid"]
+        time.sleep(0.1)
+    raise AssertionError(f"no process for node {name}")
+
+
+@pytest.mark.parametrize("policy, code, result", [("continue", 3, "degraded"), ("abort", 1, "failed")])
+def test_processing_node_killed_mid_run(tmp_path, policy, code, result):
+    topo = small_topology(**{"run.frames": None, "run.on_node_loss": policy,
+                             "acquisition.synth1.source.rate": 3000})
+    topo_path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", "--duration", "4"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_frames(tmp_path / "runs", proc, 1500)
+        os.kill(_node_pid("proc1", tmp_path), signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    summary = json.loads(out)
+    assert summary["result"] == result and "proc1" in summary["message"]
+    assert summary["nodes"]["proc1"]["lost"] and not summary["nodes"]["proc2"]["lost"]
+    produced = summary["books"]["produced"]
+    saved, missing = assert_books_by_seq(Path(summary["run_dir"]), produced)
+    assert set(missing) <= {"node_lost"}
+    # what proc1 had flushed before it died is kept, and proc2 carried on
+    assert summary["books"]["saved"] == len(saved) > 0
+    if policy == "continue":
+        assert summary["stop_reason"] == "duration"
+        assert summary["nodes"]["proc2"]["report"]["received"]["synth1"] > 0

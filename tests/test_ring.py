@@ -286,6 +286,34 @@ def test_free_available_arithmetic_and_partial_write(make_ring):
     assert full.free_slots() == 0
 
 
+def test_reserve_commit_fills_in_place(make_ring):
+    r = make_ring(DT, 8)
+    r.write(make_frames(range(6)))
+    r.release(6)
+    views = r.reserve(5)                                   # positions 6..10 -> slots 6,7,0,1,2
+    assert [len(v) for v in views] == [2, 3]
+    assert all(np.shares_memory(v, r.records) for v in views)
+    assert r.stamps[[6, 7, 0, 1, 2]].tolist() == [int(BUSY)] * 5   # hidden from observers meanwhile
+    assert r.latest(7) is None
+    fill(views[0], [6, 7])
+    fill(views[1][:2], [8, 9])
+    assert r.available() == 0                              # nothing published yet
+    with pytest.raises(ValueError):
+        r.commit(6)
+    r.commit(4)
+    assert r.available() == 4
+    got = np.concatenate(r.peek(10))
+    assert got["seq"].tolist() == [6, 7, 8, 9]
+    assert_intact(got)
+    assert int(r.latest()["seq"]) == 9 and readable(r.filled_fd)
+    r.release(4)
+    assert r.free_slots() == 8
+    assert [len(v) for v in r.reserve(100)] == [6, 2] and r.free_slots() == 8
+    r.commit(0)
+    r.write(make_frames(range(10, 18)))
+    assert r.reserve(1) == []
+
+
 def test_write_accepts_raw_buffers_and_checks_dtype(make_ring):
     r = make_ring(SMALL, 8)
     f = make_frames(range(6), SMALL)

@@ -38,7 +38,12 @@ class PatternFrames:
         out["flags"] = 0
         out["reserved"] = 0
         for k, c in enumerate(self.channels):
-            out[c] = self.tables[c][(seq + 37 * k) % PERIOD]
+            rows = (seq + 37 * k) % PERIOD
+            if n <= 4:   # large frames come few at a time: copy rows, no 1 MiB temporary
+                for j, r in enumerate(rows):
+                    out[c][j] = self.tables[c][r]
+            else:
+                out[c] = self.tables[c][rows]
         return out
 
     def pace(self, seq: int) -> float:

@@ -109,7 +109,7 @@ class AcquisitionConfig:
     source: SourceConfig
     host: str = LOCALHOST
     ring: RingConfig = field(default_factory=RingConfig)
-    batch: int | None = None           # max frames per data message; None: about 1 MiB worth
+    batch: int | None = None           # max frames per data message; None: about 4 MiB worth (credits also bound it)
     data_port: int = 0                 # 0: any free port
 
 
