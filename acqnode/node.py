@@ -90,6 +90,7 @@ class AcqNode(NodeRuntime):
         batch = cfg.batch or max(1, (4 << 20) // stream.dtype.itemsize)
         self.shipper = Shipper(self.ring, self.data, self.run_no, stream.name, self.name,
                                topo.downstreams(self.name), min(batch, cfg.ring.slots))
+        self.register(self.shipper.done_fd, self.shipper.pump)
         self._start_reader(msg, topo)
         self.state = "configuring"
         self.configured_info = {"endpoint": endpoint, "ring": self.ring.name, "slots": cfg.ring.slots,
@@ -173,8 +174,6 @@ class AcqNode(NodeRuntime):
     def tick(self) -> None:
         if self.shipper is None:
             return
-        if self.shipper.inflight:
-            self.shipper.pump()
         if self.state == "configuring" and time.monotonic() > self.reader_deadline:
             self.fail(f"{self.name}: reader process did not start within {READER_START_TIMEOUT:.0f} s")
             self.state = "failed"
@@ -191,10 +190,6 @@ class AcqNode(NodeRuntime):
                     self.fail(f"{self.name}: reader did not stop within the drain timeout", fatal=False)
                 self.shipper.abandon()
                 self._end_of_run()
-
-    def poll_cap_ms(self) -> int:
-        # zero-copy sends complete without any socket event: look again soon while some are in flight
-        return 1 if self.shipper is not None and self.shipper.inflight else 100
 
     def _end_of_run(self) -> None:
         self.eor = {"produced": self.produced,
@@ -232,6 +227,9 @@ class AcqNode(NodeRuntime):
                 self.reader.wait()
         if self.data is not None:
             self.data.close(linger=0)
+        if self.shipper is not None:
+            self.unregister(self.shipper.done_fd)
+            self.shipper.close()
         self.shipper = None
         if self.ring is not None:
             gc.collect()   # drop numpy views into the segment before unmapping it

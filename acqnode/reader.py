@@ -75,7 +75,7 @@ class Reader:
     def batch_size(self) -> int:
         """Frames per source call: large enough to amortise Python, small enough for latency."""
         per_frame = self.stream.dtype.itemsize
-        return int(max(1, min(64, self.ring.slots // 4, (1 << 20) // per_frame)))
+        return int(max(1, min(64, self.ring.slots // 4, (4 << 20) // per_frame)))
 
     def run(self) -> int:
         self.send(t="ready", pid=__import__("os").getpid())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import weakref
 from collections import deque
 from typing import Any
 
@@ -37,7 +39,8 @@ class Shipper:
         self.batch_max = max(1, batch_max)
         self.credits = {p: 0 for p in peers}
         self.lost: set[str] = set()
-        self.inflight: deque[list] = deque()  # [n_records, tracker | None], oldest first
+        self.inflight: deque[list] = deque()  # [n_records, done], oldest first
+        self.done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.unreleased = 0                   # records sent but not yet released to the ring
         self.shipped = {p: RangeSet() for p in peers}
         self.send_failed = RangeSet()
@@ -85,8 +88,12 @@ class Shipper:
     # -- outgoing frames --------------------------------------------------------------
     def reap(self) -> None:
         """Release, in ring order, the slots whose sends have completed."""
+        try:
+            os.eventfd_read(self.done_fd)
+        except BlockingIOError:
+            pass
         done = 0
-        while self.inflight and (self.inflight[0][1] is None or self.inflight[0][1].done):
+        while self.inflight and self.inflight[0][1]:
             done += self.inflight.popleft()[0]
         if done:
             self.unreleased -= done
@@ -138,9 +145,11 @@ class Shipper:
     def _send(self, peer: str, recs: np.ndarray) -> bool:
         header = pack_frames_header(self.run, self.stream, self.module, recs)
         big = recs.nbytes >= ZERO_COPY_MIN
+        entry = [len(recs), not big]
+        if big:   # runs on pyzmq's garbage-collector thread once libzmq is done with the buffer
+            weakref.finalize(recs, _mark_done, entry, self.done_fd)
         try:
-            tracker = self.sock.send_multipart([peer.encode(), header, recs], flags=zmq.NOBLOCK,
-                                               copy=not big, track=big)
+            self.sock.send_multipart([peer.encode(), header, recs], flags=zmq.NOBLOCK, copy=not big)
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
                 self.peer_lost(peer)
@@ -158,13 +167,16 @@ class Shipper:
         else:
             for a, b in ranges_of(recs["seq"]):
                 self.shipped[peer].add(a, b)
-        self.inflight.append([n, tracker if big else None])
+        self.inflight.append(entry)
         self.unreleased += n
         self.sent_frames += n
         self.sent_bytes += recs.nbytes
         self.messages += 1
         self.reap()
         return True
+
+    def close(self) -> None:
+        os.close(self.done_fd)
 
     def abandon(self) -> None:
         """End of drain time: what is still unsent is recorded as send_failed and released."""
@@ -190,3 +202,11 @@ class Shipper:
             "sent_frames": self.sent_frames, "sent_bytes": self.sent_bytes,
             "messages": self.messages, "rejected": self.rejected,
         }
+
+
+def _mark_done(entry: list, fd: int) -> None:
+    entry[1] = True
+    try:
+        os.eventfd_write(fd, 1)
+    except OSError:
+        pass   # the node is closing

@@ -91,6 +91,9 @@ def system(size_name: str, pipeline: list, frames: int, workdir: Path) -> dict:
     out = {"frames_per_s": n / dt, "MB_per_s": n * itemsize / dt / 1e6, "frames": n, "seconds": dt,
            "messages": summary["nodes"]["acq"]["report"]["messages"],
            "stage_seconds": proc_report.get("stage_seconds", {}),
+           "stage_detail": proc_report.get("stage_detail", {}),
+           "cpu_s_per_GB": {name: round((v["counters"].get("cpu_s", 0) + (v["counters"].get("reader_cpu_s") or 0))
+                                        / (n * itemsize / 1e9), 3) for name, v in summary["nodes"].items()},
            "balanced": summary["books"]["balanced"]}
     for run_dir in (workdir / "runs").glob("*"):
         for f in run_dir.glob("*.h5"):
@@ -98,9 +101,15 @@ def system(size_name: str, pipeline: list, frames: int, workdir: Path) -> dict:
     return out
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=4.0, help="approximate time per case")
+    ap.add_argument("--seconds", type=float, default=3.0, help="approximate time per case")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating baseline/system pairs per size")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--workdir", help="where runs are written (default: system temp)")
     ap.add_argument("--no-hdf5", action="store_true", help="skip the HDF5 cases")
@@ -109,36 +118,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="daq-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
         for size_name, size in FRAME_BYTES.items():
-            base = baseline(size, args.seconds)
-            frames = int(base["frames_per_s"] * args.seconds)
-            trans = system(size_name, [{"stage": "drain"}], frames, work)
-            row = {"baseline": base, "transport": trans,
-                   "ratio_frames": trans["frames_per_s"] / base["frames_per_s"],
-                   "ratio_MB": trans["MB_per_s"] / base["MB_per_s"]}
+            pairs = []
+            for _ in range(args.repeat):   # alternate, so machine noise hits both alike
+                base = baseline(size, args.seconds)
+                trans = system(size_name, [{"stage": "drain"}], int(base["frames_per_s"] * args.seconds), work)
+                pairs.append((base, trans))
+            row = {"pairs": pairs,
+                   "baseline_frames_per_s": _median([b["frames_per_s"] for b, _ in pairs]),
+                   "baseline_MB_per_s": _median([b["MB_per_s"] for b, _ in pairs]),
+                   "transport_frames_per_s": _median([t["frames_per_s"] for _, t in pairs]),
+                   "transport_MB_per_s": _median([t["MB_per_s"] for _, t in pairs]),
+                   "ratios": [t["frames_per_s"] / b["frames_per_s"] for b, t in pairs]}
+            row["ratio"] = _median(row["ratios"])
             if not args.no_hdf5:
-                h5 = system(size_name, [{"stage": "save", "format": "hdf5"}], min(frames, int(4e9 / size)), work)
-                row["hdf5"] = h5
+                frames = min(int(row["transport_frames_per_s"] * args.seconds), int(3e9 / size))
+                h5 = system(size_name, [{"stage": "save", "format": "hdf5"}], frames, work)
                 save_s = sum(v for k, v in h5["stage_seconds"].items() if k.endswith("save"))
-                row["hdf5_save_fraction"] = save_s / h5["seconds"]
+                row["hdf5"] = {**h5, "save_fraction": save_s / h5["seconds"]}
             results[size_name] = row
     if args.json:
         print(json.dumps(results, indent=2))
         return
     targets = {"16KiB": ("frames/s", 1.0), "1MiB": ("MB/s", 0.7)}
-    print(f"{'frame':>6} {'case':>10} {'frames/s':>10} {'MB/s':>8} {'ratio':>7}  target")
+    print(f"medians of {args.repeat} alternating runs; ratio = system / PUSH-PULL in the same pair")
+    print(f"{'frame':>6} {'case':>10} {'frames/s':>10} {'MB/s':>8} {'ratio':>6} {'(min..max)':>12}  target")
     for size_name, row in results.items():
         what, target = targets[size_name]
-        ratio = row["ratio_frames"] if what == "frames/s" else row["ratio_MB"]
-        print(f"{size_name:>6} {'PUSH/PULL':>10} {row['baseline']['frames_per_s']:>10,.0f} "
-              f"{row['baseline']['MB_per_s']:>8,.0f} {'1.00':>7}")
-        print(f"{size_name:>6} {'acq->proc':>10} {row['transport']['frames_per_s']:>10,.0f} "
-              f"{row['transport']['MB_per_s']:>8,.0f} {ratio:>7.2f}  >= {target} x {what} "
-              f"({'met' if ratio >= target else 'NOT met'}; {row['transport']['messages']} messages)")
+        lo, hi = min(row["ratios"]), max(row["ratios"])
+        print(f"{size_name:>6} {'PUSH/PULL':>10} {row['baseline_frames_per_s']:>10,.0f} "
+              f"{row['baseline_MB_per_s']:>8,.0f} {'1.00':>6}")
+        print(f"{size_name:>6} {'acq->proc':>10} {row['transport_frames_per_s']:>10,.0f} "
+              f"{row['transport_MB_per_s']:>8,.0f} {row['ratio']:>6.2f} {f'({lo:.2f}..{hi:.2f})':>12}  "
+              f">= {target} x {what}: {'met' if row['ratio'] >= target else 'NOT met'}")
         if "hdf5" in row:
             h = row["hdf5"]
             print(f"{size_name:>6} {'+ hdf5':>10} {h['frames_per_s']:>10,.0f} {h['MB_per_s']:>8,.0f} "
-                  f"{h['MB_per_s'] / row['baseline']['MB_per_s']:>7.2f}  "
-                  f"(save stage busy {100 * row['hdf5_save_fraction']:.0f}% of the run)")
+                  f"{h['MB_per_s'] / row['baseline_MB_per_s']:>6.2f} {'':>12}  "
+                  f"save stage busy {100 * h['save_fraction']:.0f}% of the run")
+            detail = next(iter(h["stage_detail"].values()), {})
+            print(f"{'':>18} where the save stage's time goes (s): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in detail.items())
+                  + f"; run {h['seconds']:.2f} s; CPU s/GB {h['cpu_s_per_GB']}")
 
 
 if __name__ == "__main__":

@@ -104,10 +104,6 @@ class NodeRuntime:
     def tick(self) -> None:
         """Called after every poll round."""
 
-    def poll_cap_ms(self) -> int:
-        """Longest poll wait; a node with work that no socket will announce asks for less."""
-        return 100
-
     def close(self) -> None:
         """Release node resources (rings, files, child processes)."""
 
@@ -127,7 +123,7 @@ class NodeRuntime:
             while self.running:
                 now = time.monotonic()
                 due = min(t[0] for t in self._timers)
-                timeout_ms = max(0, min(self.poll_cap_ms(), int((due - now) * 1000) + 1))
+                timeout_ms = max(0, min(100, int((due - now) * 1000) + 1))
                 for sock, _ in self.poller.poll(timeout_ms):
                     if sock is self.control:
                         self._on_control()

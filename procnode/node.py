@@ -185,8 +185,10 @@ class ProcNode(NodeRuntime):
             log.error("end of run: expected %s frames, received %s", self.expect, self.received)
         for stage in self.stages:
             stage.close()
+        detail = {f"{i}:{st.stage}": stage.timings() for i, (st, stage)
+                  in enumerate(zip(self.cfg.pipeline, self.stages)) if hasattr(stage, "timings")}
         self.stages = []
-        self.eor = {"received": self.received, "recv_bytes": self.recv_bytes,
+        self.eor = {"stage_detail": detail, "received": self.received, "recv_bytes": self.recv_bytes,
                     "rejected": self.rejected, "files": [str(f) for f in self.files],
                     "saved": {m: r.to_list() for m, r in self.saved.items()},
                     "vetoed": {m: r.to_list() for m, r in self.vetoed.items()},

@@ -46,6 +46,9 @@ class SaveStage:
     def poll(self) -> None:
         self.sink.poll()
 
+    def timings(self) -> dict[str, float]:
+        return self.sink.timings()
+
     def close(self) -> None:
         self.sink.close()
 
