@@ -111,6 +111,21 @@ def ring_reader(name, fds, touch, ready, res):
     ring.close()
 
 
+def _race(reader, writer, ready, go, res, seconds: float) -> dict:
+    """Start both processes, let them go together, collect one result from each."""
+    reader.start()
+    writer.start()
+    ready.wait(10)
+    go.set()
+    out = {}
+    for _ in range(2):
+        role, *vals = res.get(timeout=seconds + 60)
+        out[role] = vals
+    writer.join(10)
+    reader.join(10)
+    return out
+
+
 def run_ring(dtype, batch, slots, seconds, touch, ctx):
     ring = Ring.create(f"bench{os.getpid()}", dtype, slots)
     try:
@@ -118,17 +133,7 @@ def run_ring(dtype, batch, slots, seconds, touch, ctx):
         fds = (ring.filled_fd, ring.freed_fd)
         r = ctx.Process(target=ring_reader, args=(ring.name, fds, touch, ready, res), daemon=True)
         w = ctx.Process(target=ring_writer, args=(ring.name, fds, batch, seconds, go, res), daemon=True)
-        r.start()
-        w.start()
-        ready.wait(10)
-        go.set()
-        out = {}
-        for _ in range(2):
-            role, *vals = res.get(timeout=seconds + 60)
-            out[role] = vals
-        w.join(10)
-        r.join(10)
-        return out
+        return _race(r, w, ready, go, res, seconds)
     finally:
         ring.close()
 
@@ -194,17 +199,7 @@ def run_queue(dtype, batch, slots, seconds, touch, ctx):
                     daemon=True)
     w = ctx.Process(target=q_writer, args=(buf, dtype, slots, free_q, filled_q, batch, seconds, go, res),
                     daemon=True)
-    r.start()
-    w.start()
-    ready.wait(10)
-    go.set()
-    out = {}
-    for _ in range(2):
-        role, *vals = res.get(timeout=seconds + 60)
-        out[role] = vals
-    w.join(10)
-    r.join(10)
-    return out
+    return _race(r, w, ready, go, res, seconds)
 
 
 # -- main ---------------------------------------------------------------------------------------

@@ -41,7 +41,10 @@ def inject_fault(point: str, node: str) -> None:
 
 
 def setup_node_logging(name: str, level: int = logging.INFO) -> None:
-    """Nodes log to stderr, which the launcher appends to the run's log.txt."""
+    """Nodes log to stderr, which the launcher appends to the run's log.txt; a native crash
+    (SIGSEGV, SIGABRT) dumps the Python stacks there too."""
+    import faulthandler
+    faulthandler.enable()
     logging.basicConfig(
         level=level, stream=sys.stderr,
         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
@@ -139,14 +142,16 @@ class NodeRuntime:
                     self.on_coordinator_lost()
             return 0
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+            # Our handler stays in place until cleanup is done: a second SIGTERM (they come in
+            # pairs when a parent dies) must not kill the node before it unlinks its ring.
             try:
                 self.close()
             finally:
                 self.send("bye")
                 self.control.close(linger=500)
                 self.ctx.term()
+                for s, h in old.items():
+                    signal.signal(s, h)
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         """A bug on the data path must reach the coordinator as a fatal error, not kill the
@@ -159,7 +164,8 @@ class NodeRuntime:
             self.running = False
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        log.warning("signal %d: shutting down", signum)
+        if self.running:
+            log.warning("signal %d: shutting down", signum)
         self.running = False
 
     def _on_control(self) -> None:

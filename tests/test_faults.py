@@ -175,3 +175,43 @@ def test_processing_node_killed_mid_run(tmp_path, policy, code, result):
     if policy == "continue":
         assert summary["stop_reason"] == "duration"
         assert summary["nodes"]["proc2"]["report"]["received"]["synth1"] > 0
+
+
+def test_acquisition_node_killed_mid_run(tmp_path):
+    topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 3000})
+    topo_path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", "--duration", "20"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_frames(tmp_path / "runs", proc, 1000)
+        os.kill(_node_pid("synth1", tmp_path), signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    summary = json.loads(out)
+    assert summary["result"] == "degraded" and summary["nodes"]["synth1"]["lost"]
+    assert summary["stop_reason"] == "sources ended"   # no source left: the run ends, it does not hang
+    produced = summary["books"]["produced"]
+    saved, missing = assert_books_by_seq(Path(summary["run_dir"]), produced)
+    assert len(saved) > 0 and set(missing) <= {"node_lost"}
+    # the clean_system fixture checks that the reader died with its node and the ring segment is gone
+
+
+def test_coordinator_killed_leaves_no_node_and_no_segment(tmp_path):
+    topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000})
+    topo_path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_frames(tmp_path / "runs", proc, 200)
+        proc.kill()
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # nodes get SIGTERM from the kernel (parent-death signal) and clean up: the fixture checks it
+    run_dir = next((tmp_path / "runs").iterdir())
+    with __import__("h5py").File(run_dir / "proc1.h5", "r", swmr=True) as f:
+        assert f["entry/pulses/seq"].shape[0] >= 0   # the node closed its file properly: readable
