@@ -73,24 +73,24 @@ def lookup3(data: bytes, initval: int = 0) -> int:
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def clear_write_flags(path: Path) -> bool:
+def clear_write_flags(path: Path) -> str:
     """Clear the 'open for write' flags a crashed writer leaves in a file (as `h5clear -s`).
 
     Only for a file whose writer is known to be dead.  Touches one byte and the superblock
-    checksum, after checking that the stored checksum is the one we compute; returns False
-    (and changes nothing) for any file that does not look exactly as expected.
+    checksum, after checking that the stored checksum is the one we compute.  Returns
+    "cleared", "clean" (nothing to do), or "" (not a file we recognise: nothing changed).
     """
     with open(path, "r+b") as f:
         head = f.read(64)
         if len(head) < 12 or head[:8] != SIGNATURE or head[8] not in (2, 3):
-            return False
+            return ""
         size = 12 + 4 * head[9] + 4          # fixed part, four addresses, checksum
         body, stored = head[:size - 4], head[size - 4:size]
         if len(stored) != 4 or lookup3(body).to_bytes(4, "little") != stored:
-            return False
+            return ""
         if head[11] == 0:
-            return True
+            return "clean"
         fixed = body[:11] + b"\x00" + body[12:]
         f.seek(0)
         f.write(fixed + lookup3(fixed).to_bytes(4, "little"))
-    return True
+    return "cleared"

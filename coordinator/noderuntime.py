@@ -132,12 +132,12 @@ class NodeRuntime:
                         self._on_control()
                     else:
                         self._guarded(self._handlers[sock])
-                self.tick()
+                self._guarded(self.tick)
                 now = time.monotonic()
                 for t in self._timers:
                     if now >= t[0]:
                         t[0] = now + t[1]
-                        t[2]()
+                        self._guarded(t[2])
                 if now - self.last_heard > self.coordinator_timeout:
                     self.on_coordinator_lost()
             return 0
@@ -154,8 +154,8 @@ class NodeRuntime:
                     signal.signal(s, h)
 
     def _guarded(self, fn: Callable[[], None]) -> None:
-        """A bug on the data path must reach the coordinator as a fatal error, not kill the
-        node silently: the coordinator then ends the run by policy and keeps the books."""
+        """A bug on the data path or in a timer must reach the coordinator as a fatal error, not
+        kill the node silently: the coordinator then ends the run by policy and keeps the books."""
         try:
             fn()
         except Exception as exc:

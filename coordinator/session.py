@@ -413,7 +413,7 @@ class Coordinator:
         dead = n.proc is not None and n.proc.poll() is not None
         for path in n.info.get("files", []):
             try:
-                if dead and clear_write_flags(Path(path)):
+                if dead and clear_write_flags(Path(path)) == "cleared":
                     log.warning("%s: cleared the write flags its crash left in %s", n.name, path)
                 for module, ranges in saved_in_file(Path(path)).items():
                     saved.setdefault(module, []).extend(ranges)
