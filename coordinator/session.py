@@ -158,7 +158,20 @@ class Coordinator:
         return summary
 
     # ---------------------------------------------------------------- phases
+    def _check_launchable(self) -> None:
+        """Only local launching exists yet (ssh, templates and manual joins come with issue 5):
+        refuse, before anything starts, a topology that asks for more, rather than quietly
+        starting its nodes here with addresses that are not this machine's."""
+        remote = sorted({f"{n.host} (launch: {self.topo.hosts[n.host].launch}, address "
+                         f"{self.topo.hosts[n.host].address})" for n in self.nodes.values()
+                         if n.host in self.topo.hosts and self.topo.hosts[n.host].launch != "local"})
+        if remote:
+            raise StartupError("this version starts nodes only on this machine; hosts "
+                               + ", ".join(remote) + " need another launcher. Run with --loopback "
+                               "to map every host to this machine.")
+
     def _execute(self) -> None:
+        self._check_launchable()
         known = set(self.nodes)
         self.ctl = ControlServer(self.ctx, self.topo.control.address, self.topo.control.port, known)
         launcher = LocalLauncher()

@@ -215,3 +215,18 @@ def test_coordinator_killed_leaves_no_node_and_no_segment(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     with __import__("h5py").File(run_dir / "proc1.h5", "r", swmr=True) as f:
         assert f["entry/pulses/seq"].shape[0] >= 0   # the node closed its file properly: readable
+
+
+def test_remote_hosts_without_loopback_are_refused_before_start(tmp_path):
+    topo = small_topology(**{"run.frames": 200,
+                             "hosts": {"daq1": {"address": "192.0.2.11", "launch": "ssh"}},
+                             "acquisition.synth1.host": "daq1"})
+    topo_path = write_topology(tmp_path, topo)
+    res, summary = run_json(topo_path)
+    assert res.returncode == 1
+    assert "daq1" in summary["message"] and "--loopback" in summary["message"]
+    assert all(n["pid"] is None for n in summary["nodes"].values())   # nothing was started
+    # the same topology runs on this machine with --loopback
+    res, summary = run_json(topo_path, "--loopback")
+    assert res.returncode == 0, res.stderr
+    assert summary["books"]["saved"] == 200
