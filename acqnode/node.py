@@ -91,12 +91,12 @@ class AcqNode(NodeRuntime):
         self.shipper = Shipper(self.ring, self.data, self.run_no, stream.name, self.name,
                                topo.downstreams(self.name), min(batch, cfg.ring.slots))
         self.register(self.shipper.done_fd, self.shipper.pump)
-        self._start_reader(msg, topo)
+        self._start_reader(msg)
         self.state = "configuring"
         self.configured_info = {"endpoint": endpoint, "ring": self.ring.name, "slots": cfg.ring.slots,
                                 "reader_pid": self.reader.pid, "itemsize": stream.dtype.itemsize}
 
-    def _start_reader(self, msg: dict, topo: Any) -> None:
+    def _start_reader(self, msg: dict) -> None:
         """Start the reader; `configured` is sent when it says `ready` (never block the loop)."""
         ours, theirs = socket.socketpair()
         cfg = {"node": self.name, "topology": msg["topology"], "ring": self.ring.name,

@@ -443,7 +443,6 @@ class Coordinator:
         proc_reports = {n.name: n.eor or self._salvage(n) for n in self.nodes.values()
                         if n.role == "processing"}
         lost = {n.name for n in self.nodes.values() if n.lost}
-        started = self.sm.history[-1]["state"] != "fault" or any(n.started for n in self.nodes.values())
         produced = {a: (r or {}).get("produced") for a, r in acq_reports.items()}
         seen = {a: self.nodes[a].counters.get("frames", 0) for a in acq_reports}
         self.books = balance(produced, acq_reports, proc_reports, lost, seen)
@@ -451,7 +450,7 @@ class Coordinator:
         result, code = self.result()
         files = {n: (r or {}).get("files") or self.nodes[n].info.get("files", []) for n, r in proc_reports.items()}
         master = None
-        if started:
+        if any(files.values()):   # a run that failed before its nodes made files has nothing to link
             try:
                 master = self.rundir.write_master(self.topo.name, self.books, files,
                                                   {"run": self.rundir.number, "result": result})

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 
 from coordinator.noderuntime import NodeRuntime
