@@ -67,20 +67,31 @@ def _wait_for_frames(run_dir_parent: Path, proc: subprocess.Popen, minimum: int,
     raise AssertionError("the run produced no frames in time")
 
 
-def test_ctrl_c_keeps_data_and_records_interrupted(tmp_path):
-    topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000})
+def disturbed_run(tmp_path: Path, topo: dict, extra: tuple, after_frames: int, action,
+                  timeout: float = 60) -> tuple[int, dict | None, str]:
+    """Run the coordinator, do `action(proc)` once `after_frames` frames exist, collect the result."""
     topo_path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json"), cwd=tmp_path,
+    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", *extra), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_frames(tmp_path / "runs", proc, 200)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _wait_for_frames(tmp_path / "runs", proc, after_frames)
+        action(proc)
+        out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
-    summary = json.loads(out)
+            proc.communicate()
+    try:
+        summary = json.loads(out)
+    except json.JSONDecodeError:
+        summary = None
+    return proc.returncode, summary, err
+
+
+def test_ctrl_c_keeps_data_and_records_interrupted(tmp_path):
+    topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000})
+    code, summary, err = disturbed_run(tmp_path, topo, (), 200, lambda p: p.send_signal(signal.SIGINT))
+    assert code == 130, err
     assert summary["result"] == "interrupted" and summary["stop_reason"] == "interrupted"
     run_dir = Path(summary["run_dir"])
     assert json.loads((run_dir / "run.json").read_text())["result"] == "interrupted"
@@ -93,40 +104,35 @@ def test_garbage_on_control_and_data_sockets(tmp_path):
     control_port, data_port = free_port(), free_port()
     topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000,
                              "control.port": control_port, "acquisition.synth1.data_port": data_port})
-    topo_path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", "--duration", "4"),
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ctx = zmq.Context()
     rng = np.random.default_rng(1)
     garbage = [b"", b"\x00" * 10, rng.bytes(100), msgpack.packb([1, 2, 3]), msgpack.packb({"v": 99, "t": "stats"}),
                msgpack.packb({"v": 1, "t": "nonsense"}), msgpack.packb({"v": 1, "t": "stats", "state": 5}),
                msgpack.packb({"v": 1, "t": "credit", "n": 10**6, "run": 1}),
                msgpack.packb({"v": 1, "t": "frames", "run": 1, "stream": "pulses", "module": "synth1",
                               "n": 1, "first": 0, "last": 0, "itemsize": 3})]
-    try:
-        _wait_for_frames(tmp_path / "runs", proc, 100)
-        socks = []
-        for ident, port in ((b"intruder", control_port), (b"synth1", control_port),
-                            (b"intruder", data_port), (b"mallory", data_port)):
-            s = ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.IDENTITY, ident + b"-" + str(len(socks)).encode() if ident == b"intruder" else ident)
-            s.setsockopt(zmq.LINGER, 0)
-            s.connect(f"tcp://127.0.0.1:{port}")
-            socks.append(s)
-        time.sleep(0.3)
-        for s in socks:
-            for g in garbage:
-                s.send(g)
-            s.send_multipart([b"a", b"b", b"c"])
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        for s in socks if "socks" in dir() else []:
-            s.close()
-        ctx.term()
-    assert proc.returncode == 0, err
-    summary = json.loads(out)
+
+    def fire(proc: subprocess.Popen) -> None:
+        """Connect as strangers (and as a node that is already connected) and send garbage."""
+        with zmq.Context() as ctx:
+            socks = []
+            for ident, port in ((b"intruder-0", control_port), (b"synth1", control_port),
+                                (b"intruder-2", data_port), (b"mallory", data_port)):
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.IDENTITY, ident)
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(f"tcp://127.0.0.1:{port}")
+                socks.append(s)
+            time.sleep(0.3)
+            for s in socks:
+                for g in garbage:
+                    s.send(g)
+                s.send_multipart([b"a", b"b", b"c"])
+            time.sleep(0.3)
+            for s in socks:
+                s.close()
+
+    code, summary, err = disturbed_run(tmp_path, topo, ("--duration", "4"), 100, fire)
+    assert code == 0, err
     assert summary["control"]["rejected"] >= len(garbage)
     assert summary["nodes"]["synth1"]["report"]["rejected"] >= len(garbage)
     assert summary["nodes"]["synth1"]["errors"] == [] and summary["result"] == "completed"
@@ -153,18 +159,9 @@ def _node_pid(name: str, folder: Path, timeout: float = 10) -> int:
 def test_processing_node_killed_mid_run(tmp_path, policy, code, result):
     topo = small_topology(**{"run.frames": None, "run.on_node_loss": policy,
                              "acquisition.synth1.source.rate": 3000})
-    topo_path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", "--duration", "4"), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_frames(tmp_path / "runs", proc, 1500)
-        os.kill(_node_pid("proc1", tmp_path), signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == code, err
-    summary = json.loads(out)
+    code_, summary, err = disturbed_run(tmp_path, topo, ("--duration", "4"), 1500,
+                                        lambda p: os.kill(_node_pid("proc1", tmp_path), signal.SIGKILL))
+    assert code_ == code, err
     assert summary["result"] == result and "proc1" in summary["message"]
     assert summary["nodes"]["proc1"]["lost"] and not summary["nodes"]["proc2"]["lost"]
     produced = summary["books"]["produced"]
@@ -179,18 +176,9 @@ def test_processing_node_killed_mid_run(tmp_path, policy, code, result):
 
 def test_acquisition_node_killed_mid_run(tmp_path):
     topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 3000})
-    topo_path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", "--duration", "20"), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_frames(tmp_path / "runs", proc, 1000)
-        os.kill(_node_pid("synth1", tmp_path), signal.SIGKILL)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 3, err
-    summary = json.loads(out)
+    code, summary, err = disturbed_run(tmp_path, topo, ("--duration", "20"), 1000,
+                                       lambda p: os.kill(_node_pid("synth1", tmp_path), signal.SIGKILL))
+    assert code == 3, err
     assert summary["result"] == "degraded" and summary["nodes"]["synth1"]["lost"]
     assert summary["stop_reason"] == "sources ended"   # no source left: the run ends, it does not hang
     produced = summary["books"]["produced"]
@@ -201,16 +189,7 @@ def test_acquisition_node_killed_mid_run(tmp_path):
 
 def test_coordinator_killed_leaves_no_node_and_no_segment(tmp_path):
     topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000})
-    topo_path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json"), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_frames(tmp_path / "runs", proc, 200)
-        proc.kill()
-        proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    disturbed_run(tmp_path, topo, (), 200, lambda p: p.kill(), timeout=10)
     # nodes get SIGTERM from the kernel (parent-death signal) and clean up: the fixture checks it
     run_dir = next((tmp_path / "runs").iterdir())
     with __import__("h5py").File(run_dir / "proc1.h5", "r", swmr=True) as f:
