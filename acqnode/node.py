@@ -29,6 +29,7 @@ from coordinator.noderuntime import NodeRuntime
 from coordinator.procutil import set_pdeathsig
 from coordinator.ranges import RangeSet
 from coordinator.topology import topology_from_dict
+from coordinator.wire import DATA_SOCKET_BUFFER
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class AcqNode(NodeRuntime):
         self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.data.setsockopt(zmq.LINGER, 0)
         self.data.setsockopt(zmq.SNDHWM, 1000)
+        self.data.setsockopt(zmq.SNDBUF, DATA_SOCKET_BUFFER)
         address = topo.host_address(cfg.host)
         try:
             if cfg.data_port:

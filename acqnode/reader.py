@@ -26,6 +26,7 @@ from coordinator.topology import topology_from_dict
 log = logging.getLogger("acqnode.reader")
 
 GAP_FLUSH_INTERVAL = 0.25
+COMMAND_CHECK = 0.02   # s between looks at the command pipe while acquiring
 
 
 class Reader:
@@ -39,6 +40,7 @@ class Reader:
         self.source = make_source(self.acq.source, self.stream)
         self.policy = self.acq.ring.policy
         self.stop_requested = False
+        self.next_command_check = 0.0
         self.produced = 0                            # frames the source produced (stored or dropped)
         self.pending_gap: list[int] | None = None   # [start, stop) of ring_overrun not yet reported
         self.last_gap_flush = time.monotonic()
@@ -55,7 +57,12 @@ class Reader:
             timeout = 0.0
 
     def should_stop(self) -> bool:
-        self.poll_commands(0.0)
+        """Checked every batch; the pipe is looked at most every COMMAND_CHECK s (a syscall
+        per batch is a measurable cost at MiB frames, `time.monotonic` is not)."""
+        now = time.monotonic()
+        if now >= self.next_command_check:
+            self.next_command_check = now + COMMAND_CHECK
+            self.poll_commands(0.0)
         return self.stop_requested
 
     def note_gap(self, start: int, stop: int) -> None:

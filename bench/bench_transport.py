@@ -69,9 +69,9 @@ def system(size_name: str, pipeline: list, frames: int, workdir: Path) -> dict:
         "run": {"directory": str(workdir / "runs"), "frames": frames, "drain_timeout": 30.0},
         "streams": {"s": SIZES[size_name]},
         "acquisition": {"acq": {"stream": "s", "source": {"kind": "pattern", "rate": "max"},
-                                "ring": {"slots": 256 if size_name == "16KiB" else 32}}},
+                                "ring": {"slots": 256 if size_name == "16KiB" else 64}}},
         "processing": {"proc": {"pipeline": pipeline,
-                                "credits": 512 if size_name == "16KiB" else 16}},
+                                "credits": 512 if size_name == "16KiB" else 32}},
     }
     path = workdir / f"{size_name}.yaml"
     path.write_text(yaml.safe_dump(topo))

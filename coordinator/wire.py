@@ -20,6 +20,11 @@ import numpy as np
 from coordinator import PROTOCOL_VERSION
 
 
+#: Kernel socket buffer asked for on data sockets (the kernel clamps it to net.core.[rw]mem_max).
+#: Measured at 1 MiB frames: fewer wake-ups of libzmq's I/O threads, +3..19 % in paired runs.
+DATA_SOCKET_BUFFER = 4 << 20
+
+
 class ProtocolError(ValueError):
     """A received message is malformed or not for us."""
 

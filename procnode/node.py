@@ -19,7 +19,7 @@ import zmq
 from coordinator.noderuntime import NodeRuntime
 from coordinator.ranges import RangeSet
 from coordinator.topology import topology_from_dict
-from coordinator.wire import ProtocolError, pack_credit, records_from_payload, unpack_data_header
+from coordinator.wire import DATA_SOCKET_BUFFER, ProtocolError, pack_credit, records_from_payload, unpack_data_header
 from procnode.pipeline import Batch, build_pipeline
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class ProcNode(NodeRuntime):
             sock.setsockopt(zmq.IDENTITY, self.name.encode())
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 0)  # credits bound what can arrive
+            sock.setsockopt(zmq.RCVBUF, DATA_SOCKET_BUFFER)
             sock.connect(endpoints[acq])
             self.upstream[sock] = acq
             self.received[acq] = 0
