@@ -161,12 +161,7 @@ class Shipper:
                 return False
             raise
         n = len(recs)
-        first, last = int(recs["seq"][0]), int(recs["seq"][-1])
-        if last - first + 1 == n:
-            self.shipped[peer].add(first, last + 1)
-        else:
-            for a, b in ranges_of(recs["seq"]):
-                self.shipped[peer].add(a, b)
+        self.shipped[peer].add_seqs(recs["seq"])
         self.inflight.append(entry)
         self.unreleased += n
         self.sent_frames += n

@@ -41,7 +41,18 @@ class RangeSet:
         self._r = left + [[start, stop]] + right
 
     def add_seqs(self, seqs: np.ndarray) -> None:
-        """Add every value of an integer array (any order, duplicates allowed)."""
+        """Add every value of an integer array (any order, duplicates allowed).
+
+        A batch of frames is almost always one run of consecutive seqs: that case costs
+        two comparisons instead of a sort (it was a third of a processing node's Python time).
+        """
+        n = len(seqs)
+        if n == 0:
+            return
+        first, last = int(seqs[0]), int(seqs[-1])
+        if last - first + 1 == n and (n < 3 or bool(np.all(np.diff(seqs) == 1))):
+            self.add(first, last + 1)
+            return
         for start, stop in ranges_of(seqs):
             self.add(start, stop)
 

@@ -160,12 +160,7 @@ class ProcNode(NodeRuntime):
             if current is None:
                 return
         if self.has_save:
-            seq = current.records["seq"]
-            first, last = int(seq[0]), int(seq[-1])
-            if last - first + 1 == len(seq):
-                self.saved[module].add(first, last + 1)
-            else:
-                self.saved[module].add_seqs(seq)
+            self.saved[module].add_seqs(current.records["seq"])
 
     def _poll_stages(self) -> None:
         for stage in self.stages:
