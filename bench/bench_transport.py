@@ -7,8 +7,9 @@ Cases, each at 16 KiB and 1 MiB frames:
   transport  the real system (daq-coordinator run): pattern source -> reader process ->
              ring -> shipper (batched, credit) -> procnode with a `drain` pipeline
   hdf5       the same with a `save` pipeline (HDF5 on this machine's disk)
-The system's rate is frames / (time from `running` to `stopped` in run.json), so node
-start-up is excluded but the stop and drain handshake is included (conservative).
+Both rates are timed the same way, at the receiver from its first message to its last (the
+processing node reports these times in its end-of-run `flow`), so neither node start-up nor
+the end-of-run handshake counts.
 """
 from __future__ import annotations
 
@@ -83,12 +84,16 @@ def system(size_name: str, pipeline: list, frames: int, workdir: Path) -> dict:
     if summary["nodes"]["acq"]["report"] is None or summary["nodes"]["proc"]["report"] is None:
         raise RuntimeError(f"a node sent no end-of-run report; see {summary['run_dir']}/log.txt\n"
                            + json.dumps(summary["nodes"], default=str)[:3000])
-    t = {h["state"]: h["time"] for h in summary["states"]}
-    dt = t["stopped"] - t["running"]
     itemsize = summary["nodes"]["acq"]["configured"]["itemsize"]
     n = summary["books"]["produced"]
     proc_report = summary["nodes"]["proc"]["report"]
-    out = {"frames_per_s": n / dt, "MB_per_s": n * itemsize / dt / 1e6, "frames": n, "seconds": dt,
+    # timed like the baseline: at the receiver, from the first message to the last
+    flow = proc_report["flow"]
+    dt = flow["t_last"] - flow["t_first"]
+    moved = flow["frames_after_first"]
+    states = {h["state"]: h["time"] for h in summary["states"]}
+    out = {"frames_per_s": moved / dt, "MB_per_s": moved * itemsize / dt / 1e6, "frames": n, "seconds": dt,
+           "seconds_running_to_stopped": states["stopped"] - states["running"],
            "messages": summary["nodes"]["acq"]["report"]["messages"],
            "stage_seconds": proc_report.get("stage_seconds", {}),
            "stage_detail": proc_report.get("stage_detail", {}),

@@ -39,6 +39,7 @@ class ProcNode(NodeRuntime):
         self.corrupt: dict[str, RangeSet] = {}
         self.recv_bytes = 0
         self.rejected = 0
+        self.flow = {"t_first": None, "t_last": None, "frames_after_first": 0}   # data-flow timing
         self.expect: dict[str, int] | None = None
         self.end_deadline = 0.0
         self.eor: dict | None = None
@@ -130,11 +131,23 @@ class ProcNode(NodeRuntime):
                 self._reject(sock, module, header, exc)
                 continue
             n = len(records)
+            self._time_flow(n)
             self.received[module] += n
             self.recv_bytes += records.nbytes
             self._process(Batch(header["stream"], module, records))
             self._grant(sock, n)
         self._maybe_finish()
+
+    def _time_flow(self, n: int) -> None:
+        """When the first and last frames arrived: the run's real data-flow time (the same
+        first-to-last measure a plain PUSH/PULL receiver gives), without start-up or the
+        end-of-run handshake."""
+        now = time.time()
+        if self.flow["t_first"] is None:
+            self.flow["t_first"] = now
+        else:
+            self.flow["frames_after_first"] += n
+        self.flow["t_last"] = now
 
     def _reject(self, sock: zmq.Socket, module: str, header: dict | None, exc: Exception) -> None:
         """Count and drop a bad message; if its header was readable, book its seqs as corrupt
@@ -188,6 +201,7 @@ class ProcNode(NodeRuntime):
                     "saved": {m: r.to_list() for m, r in self.saved.items()},
                     "vetoed": {m: r.to_list() for m, r in self.vetoed.items()},
                     "corrupt": {m: r.to_list() for m, r in self.corrupt.items()},
+                    "flow": self.flow,
                     "stage_seconds": {f"{i}:{st.stage}": round(t, 6) for i, (st, t)
                                       in enumerate(zip(self.cfg.pipeline, self.stage_seconds))}}
         self.state = "ended"
