@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from coordinator.ranges import RangeSet, ranges_of
+from coordinator.ranges import RangeSet
 from coordinator.wire import ProtocolError, pack_frames_header, unpack_data_header
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ class Shipper:
         return True
 
     def close(self) -> None:
-        os.close(self.done_fd)
+        """`done_fd` deliberately stays open until the process exits: a finalizer that runs late
+        on pyzmq's thread (for a message dropped when the socket closed) must never write into
+        a file descriptor number that something else has reused."""
 
     def abandon(self) -> None:
         """End of drain time: what is still unsent is recorded as send_failed and released."""
@@ -179,9 +181,7 @@ class Shipper:
         rest = self.pending()
         if rest > 0:
             views = self.ring.peek(self.unreleased + rest)
-            seqs = np.concatenate([v["seq"] for v in views])[self.unreleased:]
-            for start, stop in ranges_of(seqs):
-                self.send_failed.add(start, stop)
+            self.send_failed.add_seqs(np.concatenate([v["seq"] for v in views])[self.unreleased:])
             log.error("%d frames could not be sent before the drain timeout", rest)
             self.ring.release(self.ring.available())
             self.inflight.clear()
