@@ -190,10 +190,21 @@ def test_acquisition_node_killed_mid_run(tmp_path):
 def test_coordinator_killed_leaves_no_node_and_no_segment(tmp_path):
     topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000})
     disturbed_run(tmp_path, topo, (), 200, lambda p: p.kill(), timeout=10)
-    # nodes get SIGTERM from the kernel (parent-death signal) and clean up: the fixture checks it
+    # Nodes get SIGTERM from the kernel (parent-death signal) and clean up; the fixture checks
+    # that no process or segment is left. Their files were closed properly: a plain (non-SWMR)
+    # open works only when the writer cleared its flags, and the frames acquired so far are there.
+    import h5py
+    from conftest import orphan_nodes
+    deadline = time.monotonic() + 10
+    while orphan_nodes(0, tmp_path) and time.monotonic() < deadline:   # nodes finish their cleanup
+        time.sleep(0.05)
+    assert not orphan_nodes(0, tmp_path)
     run_dir = next((tmp_path / "runs").iterdir())
-    with __import__("h5py").File(run_dir / "proc1.h5", "r", swmr=True) as f:
-        assert f["entry/pulses/seq"].shape[0] >= 0   # the node closed its file properly: readable
+    saved = 0
+    for name in ("proc1.h5", "proc2.h5"):
+        with h5py.File(run_dir / name, "r") as f:
+            saved += f["entry/pulses/seq"].shape[0]
+    assert saved >= 100
 
 
 def test_remote_hosts_without_loopback_are_refused_before_start(tmp_path):
