@@ -8,7 +8,7 @@ claims is still given a cause.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from coordinator.ranges import RangeSet
@@ -31,9 +31,6 @@ class MissingRange:
     @property
     def count(self) -> int:
         return self.last - self.first + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "count": self.count}
 
 
 @dataclass

@@ -178,7 +178,7 @@ def test_from_dict_resolves_directory_against_base_dir(tmp_path: Path) -> None:
     data["run"]["directory"] = "out"
     topo = topology_from_dict(data, base_dir=tmp_path)
     assert topo.run.directory == tmp_path / "out"
-    assert Topology.from_dict(data, base_dir=tmp_path) == topo
+    assert topology_from_dict(data, base_dir=tmp_path) == topo
 
 
 def test_from_dict_does_not_change_its_input() -> None:

@@ -177,13 +177,6 @@ class Topology:
     def replace_run(self, **changes: Any) -> "Topology":
         return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>",
-                  base_dir: Path | None = None) -> "Topology":
-        """Validate and build `to_dict()` output (as a node receives it); see load.topology_from_dict."""
-        from coordinator.topology.load import topology_from_dict
-        return topology_from_dict(data, source, base_dir)
-
     def to_dict(self) -> dict[str, Any]:
         """Resolved form (every default filled in), plain YAML/msgpack types.
 
