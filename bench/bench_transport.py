@@ -3,10 +3,15 @@
 Run:  python bench/bench_transport.py [--seconds S] [--json]
 
 Cases, each at 16 KiB and 1 MiB frames:
-  baseline   plain pyzmq PUSH -> PULL between two processes, one frame per message
+  baseline   plain pyzmq PUSH -> PULL between two processes, one frame per message; the
+             sender resends one ready buffer
   transport  the real system (daq-coordinator run): pattern source -> reader process ->
-             ring -> shipper (batched, credit) -> procnode with a `drain` pipeline
-  hdf5       the same with a `save` pipeline (HDF5 on this machine's disk)
+             ring -> shipper (batched, credit) -> procnode with a `drain` pipeline.  Like the
+             baseline, the source produces no sample bytes (`payload: none`: it writes each
+             frame's header into its ring slot and the slot's bytes are shipped as they are)
+  + payload  the same with a source that writes every sample byte (`payload: ramp`): the
+             transport plus the cost of producing the data, which the baseline does not pay
+  hdf5       the `+ payload` case with a `save` pipeline (HDF5 on this machine's disk)
 Both rates are timed the same way, at the receiver from its first message to its last (the
 processing node reports these times in its end-of-run `flow`), so neither node start-up nor
 the end-of-run handshake counts.
@@ -48,6 +53,7 @@ def baseline(size: int, seconds: float) -> dict:
     import zmq
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVTIMEO, 30000)   # a sender that died must not hang the benchmark
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     n = max(200, int(seconds * (60000 if size < 65536 else 4000)))
     proc = mp.get_context("spawn").Process(target=_push, args=(port, size, n))
@@ -64,13 +70,15 @@ def baseline(size: int, seconds: float) -> dict:
 
 
 # ---------------------------------------------------------------------------- the system
-def system(size_name: str, pipeline: list, frames: int, workdir: Path) -> dict:
+def system(size_name: str, pipeline: list, frames: int, workdir: Path, batch: int | None = None,
+           payload: str = "ramp") -> dict:
     topo = {
         "topology": 1, "name": f"bench-{size_name}",
         "run": {"directory": str(workdir / "runs"), "frames": frames, "drain_timeout": 30.0},
         "streams": {"s": SIZES[size_name]},
-        "acquisition": {"acq": {"stream": "s", "source": {"kind": "pattern", "rate": "max"},
-                                "ring": {"slots": 256 if size_name == "16KiB" else 64}}},
+        "acquisition": {"acq": {"stream": "s", "source": {"kind": "pattern", "rate": "max", "payload": payload},
+                                "ring": {"slots": 256 if size_name == "16KiB" else 64},
+                                **({"batch": batch} if batch else {})}},
         "processing": {"proc": {"pipeline": pipeline,
                                 "credits": 512 if size_name == "16KiB" else 32}},
     }
@@ -118,23 +126,32 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--workdir", help="where runs are written (default: system temp)")
     ap.add_argument("--no-hdf5", action="store_true", help="skip the HDF5 cases")
+    ap.add_argument("--sizes", default=",".join(FRAME_BYTES), help="frame sizes to run, e.g. 1MiB")
+    ap.add_argument("--batch", type=int, help="frames per data message (default: the node's, ~4 MiB)")
     args = ap.parse_args()
     results = {}
     with tempfile.TemporaryDirectory(prefix="daq-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
-        for size_name, size in FRAME_BYTES.items():
+        for size_name in args.sizes.split(","):
+            size = FRAME_BYTES[size_name]
             pairs = []
             for _ in range(args.repeat):   # alternate, so machine noise hits both alike
                 base = baseline(size, args.seconds)
-                trans = system(size_name, [{"stage": "drain"}], int(base["frames_per_s"] * args.seconds), work)
-                pairs.append((base, trans))
+                frames = int(base["frames_per_s"] * args.seconds)
+                trans = system(size_name, [{"stage": "drain"}], frames, work, args.batch, payload="none")
+                full = system(size_name, [{"stage": "drain"}], frames, work, args.batch, payload="ramp")
+                pairs.append((base, trans, full))
             row = {"pairs": pairs,
-                   "baseline_frames_per_s": _median([b["frames_per_s"] for b, _ in pairs]),
-                   "baseline_MB_per_s": _median([b["MB_per_s"] for b, _ in pairs]),
-                   "transport_frames_per_s": _median([t["frames_per_s"] for _, t in pairs]),
-                   "transport_MB_per_s": _median([t["MB_per_s"] for _, t in pairs]),
-                   "ratios": [t["frames_per_s"] / b["frames_per_s"] for b, t in pairs]}
+                   "baseline_frames_per_s": _median([b["frames_per_s"] for b, _, _ in pairs]),
+                   "baseline_MB_per_s": _median([b["MB_per_s"] for b, _, _ in pairs]),
+                   "transport_frames_per_s": _median([t["frames_per_s"] for _, t, _ in pairs]),
+                   "transport_MB_per_s": _median([t["MB_per_s"] for _, t, _ in pairs]),
+                   "ratios": [t["frames_per_s"] / b["frames_per_s"] for b, t, _ in pairs],
+                   "payload_frames_per_s": _median([f["frames_per_s"] for _, _, f in pairs]),
+                   "payload_MB_per_s": _median([f["MB_per_s"] for _, _, f in pairs]),
+                   "payload_ratios": [f["frames_per_s"] / b["frames_per_s"] for b, _, f in pairs]}
             row["ratio"] = _median(row["ratios"])
+            row["payload_ratio"] = _median(row["payload_ratios"])
             if not args.no_hdf5:
                 frames = min(int(row["transport_frames_per_s"] * args.seconds), int(3e9 / size))
                 h5 = system(size_name, [{"stage": "save", "format": "hdf5"}], frames, work)
@@ -155,6 +172,10 @@ def main() -> None:
         print(f"{size_name:>6} {'acq->proc':>10} {row['transport_frames_per_s']:>10,.0f} "
               f"{row['transport_MB_per_s']:>8,.0f} {row['ratio']:>6.2f} {f'({lo:.2f}..{hi:.2f})':>12}  "
               f">= {target} x {what}: {'met' if row['ratio'] >= target else 'NOT met'}")
+        lo, hi = min(row["payload_ratios"]), max(row["payload_ratios"])
+        print(f"{size_name:>6} {'+ payload':>10} {row['payload_frames_per_s']:>10,.0f} "
+              f"{row['payload_MB_per_s']:>8,.0f} {row['payload_ratio']:>6.2f} {f'({lo:.2f}..{hi:.2f})':>12}  "
+              f"(the source also writes every sample byte)")
         if "hdf5" in row:
             h = row["hdf5"]
             print(f"{size_name:>6} {'+ hdf5':>10} {h['frames_per_s']:>10,.0f} {h['MB_per_s']:>8,.0f} "

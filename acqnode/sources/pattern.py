@@ -37,6 +37,8 @@ class PatternFrames:
         out["timestamp"] = (seq * self.period_ns).astype(np.uint64)
         out["flags"] = 0
         out["reserved"] = 0
+        if self.config.payload == "none":
+            return out
         for k, c in enumerate(self.channels):
             rows = (seq + 37 * k) % PERIOD
             if n <= 4:   # large frames come few at a time: copy rows, no 1 MiB temporary

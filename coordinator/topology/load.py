@@ -577,6 +577,7 @@ PATTERN = Schema({
     "rate": Field(number(gt=0, words={"max": None})),
     "sample_ns": Field(POSITIVE),
     "pretrigger": Field(integer(0, null=True)),      # < samples: a cross-check
+    "payload": Field(one_of("ramp", "none")),
 }, _model(PatternSource))
 
 #: Source kinds: kind -> schema (Red Pitaya, emulator, replay join here).

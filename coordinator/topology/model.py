@@ -70,6 +70,7 @@ class PatternSource:
     rate: float | None = None          # frames per second, evenly spaced; None means `max`
     sample_ns: float = 8.0
     pretrigger: int | None = None
+    payload: Literal["ramp", "none"] = "ramp"   # none: headers only (transport benchmarks)
 
 
 SourceConfig = Union[SyntheticSource, PatternSource]   # Red Pitaya, emulator, replay join here (issue 3+)
