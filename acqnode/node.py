@@ -48,6 +48,7 @@ class AcqNode(NodeRuntime):
         self.shipper: Shipper | None = None
         self.produced = 0
         self.reader_done = False
+        self.source_report: dict = {}
         self.gaps: dict[str, RangeSet] = {}
         self.errors: list[str] = []
         self.drain_deadline: float | None = None
@@ -103,7 +104,8 @@ class AcqNode(NodeRuntime):
         ours, theirs = socket.socketpair()
         cfg = {"node": self.name, "topology": msg["topology"], "ring": self.ring.name,
                "filled_fd": self.ring.filled_fd, "freed_fd": self.ring.freed_fd,
-               "conn_fd": theirs.fileno(), "frames": msg["params"].get("frames")}
+               "conn_fd": theirs.fileno(), "frames": msg["params"].get("frames"),
+               "board": (msg["params"].get("boards") or {}).get(self.name)}
         self.reader = subprocess.Popen(
             [sys.executable, "-m", "acqnode.reader", json.dumps(cfg)],
             pass_fds=(self.ring.filled_fd, self.ring.freed_fd, theirs.fileno()),
@@ -154,16 +156,17 @@ class AcqNode(NodeRuntime):
             t = msg.get("t")
             if t == "ready" and self.state == "configuring":
                 self.state = "configured"
-                self.send("configured", info=self.configured_info)
+                self.send("configured", info={**self.configured_info, "hardware": msg.get("hardware") or {}})
             elif t == "gap":
                 self.gaps.setdefault(msg["cause"], RangeSet()).add(msg["start"], msg["stop"])
             elif t == "done":
                 self.produced = msg["produced"]
+                self.source_report = msg.get("source") or {}
                 self.reader_done = True
                 self.send("source_done", produced=self.produced)
             elif t == "error":
                 self.errors.append(msg["message"])
-                self.fail(f"{self.name}: {msg['message']}", fatal=False)
+                self.fail(f"{self.name}: {msg['message']}", fatal=bool(msg.get("fatal", False)))
 
     def _on_filled(self) -> None:
         self.ring.drain_doorbell()
@@ -194,7 +197,7 @@ class AcqNode(NodeRuntime):
                 self._end_of_run()
 
     def _end_of_run(self) -> None:
-        self.eor = {"produced": self.produced,
+        self.eor = {"produced": self.produced, "source": self.source_report,
                     "gaps": {c: r.to_list() for c, r in self.gaps.items()},
                     "errors": self.errors, "ring_overflow": self.ring.status().overflow,
                     **self.shipper.report()}

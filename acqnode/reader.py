@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import time
 import traceback
 from multiprocessing.connection import Connection
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -32,17 +34,19 @@ COMMAND_CHECK = 0.02   # s between looks at the command pipe while acquiring
 class Reader:
     def __init__(self, cfg: dict, conn: Connection) -> None:
         topo = topology_from_dict(cfg["topology"], source="configure message")
+        self.node = cfg["node"]
+        self.board = cfg.get("board")
         self.acq = topo.acquisition[cfg["node"]]
         self.stream = topo.streams[self.acq.stream]
         self.frames_limit: int | None = cfg.get("frames")
         self.conn = conn
         self.ring = Ring.attach(cfg["ring"], filled_fd=cfg["filled_fd"], freed_fd=cfg["freed_fd"])
-        self.source = make_source(self.acq.source, self.stream)
+        self.source: Any = None
         self.policy = self.acq.ring.policy
         self.stop_requested = False
         self.next_command_check = 0.0
-        self.produced = 0                            # frames the source produced (stored or dropped)
-        self.pending_gap: list[int] | None = None   # [start, stop) of ring_overrun not yet reported
+        self.produced = 0                            # seqs the source used (stored, dropped or lost)
+        self.pending_gap: list | None = None         # [start, stop, cause] not yet reported
         self.last_gap_flush = time.monotonic()
 
     def send(self, **msg) -> None:
@@ -65,17 +69,18 @@ class Reader:
             self.poll_commands(0.0)
         return self.stop_requested
 
-    def note_gap(self, start: int, stop: int) -> None:
+    def note_gap(self, start: int, stop: int, cause: str = "ring_overrun") -> None:
         g = self.pending_gap
-        if g is not None and g[1] == start:
+        if g is not None and g[1] == start and g[2] == cause:
             g[1] = stop
         else:
             self.flush_gap()
-            self.pending_gap = [start, stop]
+            self.pending_gap = [start, stop, cause]
 
     def flush_gap(self) -> None:
         if self.pending_gap is not None:
-            self.send(t="gap", start=self.pending_gap[0], stop=self.pending_gap[1], cause="ring_overrun")
+            start, stop, cause = self.pending_gap
+            self.send(t="gap", start=start, stop=stop, cause=cause)
             self.pending_gap = None
         self.last_gap_flush = time.monotonic()
 
@@ -85,7 +90,14 @@ class Reader:
         return int(max(1, min(64, self.ring.slots // 4, (4 << 20) // per_frame)))
 
     def run(self) -> int:
-        self.send(t="ready", pid=__import__("os").getpid())
+        try:
+            self.source = make_source(self.acq.source, self.stream, self.node,
+                                      tuple(self.board) if self.board else None)
+        except Exception as exc:   # e.g. the board is unreachable or rejects a setting
+            log.error("source cannot start: %s", exc)
+            self.send(t="error", message=f"source {self.acq.source.kind}: {exc}", seq=0, fatal=True)
+            return 1
+        self.send(t="ready", pid=os.getpid(), hardware=getattr(self.source, "hardware", {}))
         while not self.stop_requested:        # wait for start (or stop before start)
             if not self.conn.poll(1.0):
                 continue
@@ -96,7 +108,10 @@ class Reader:
                 self.stop_requested = True
         try:
             if not self.stop_requested:
-                self.acquire()
+                if getattr(self.source, "triggered", False):
+                    self.acquire_triggered()
+                else:
+                    self.acquire()
         except Exception as exc:
             log.exception("source failed")
             self.flush_gap()
@@ -104,7 +119,8 @@ class Reader:
                       seq=self.produced, trace=traceback.format_exc(limit=5))
         self.flush_gap()
         self.ring.close_writer()
-        self.send(t="done", produced=self.produced)
+        report = getattr(self.source, "report", None)
+        self.send(t="done", produced=self.produced, source=report() if report else {})
         return 0
 
     def acquire(self) -> None:
@@ -148,8 +164,42 @@ class Reader:
             if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:
                 self.flush_gap()
 
+    def acquire_triggered(self) -> None:
+        """A board triggers frames itself: read them into reserved slots as they come.
+
+        Full ring: `block` stops reading the board (its triggers are dead time, as on the
+        hardware); `drop` reads into a scratch record and records the frame as ring_overrun.
+        """
+        limit = self.frames_limit if self.frames_limit is not None else np.iinfo(np.int64).max
+        batch = self.batch_size()
+        scratch = np.zeros(1, self.stream.dtype)
+        seq = 0
+        while seq < limit and not self.should_stop():
+            views = self.ring.reserve(min(batch, limit - seq))
+            if views:
+                out = views[0]
+            elif self.policy == "drop":
+                out = scratch
+            else:
+                self.ring.wait_free(0.1)
+                continue
+            got = self.source.read(seq, out, COMMAND_CHECK * 5)
+            if out is scratch:
+                self.ring.note_dropped(got.frames)
+                self.note_gap(seq, seq + got.frames)
+            else:
+                self.ring.commit(got.frames)
+            seq += got.frames
+            if got.lost:
+                self.note_gap(seq, seq + got.lost, got.cause)
+                seq += got.lost
+            self.produced = seq
+            if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:
+                self.flush_gap()
+
     def close(self) -> None:
-        self.source.close()
+        if self.source is not None:
+            self.source.close()
         self.ring.close()
 
 

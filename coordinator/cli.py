@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from coordinator.topology import Topology, TopologyError, load_topology
+from coordinator.topology.model import EMULATOR
 
 EXIT_INVALID = 2
 
@@ -37,7 +38,10 @@ def describe(topo: Topology) -> str:
                      f"modules {list(s.modules)}, dispatch {s.dispatch}")
     lines.append("acquisition nodes:")
     for a in topo.acquisition.values():
-        lines.append(f"  {a.name} on {a.host}: {a.source.kind} source -> ring {a.ring.slots} slots "
+        board = getattr(a.source, "address", None)
+        where = "" if board is None else " (emulated board)" if board == EMULATOR else \
+            f" (board {board}:{a.source.port})"
+        lines.append(f"  {a.name} on {a.host}: {a.source.kind} source{where} -> ring {a.ring.slots} slots "
                      f"({a.ring.policy}) -> {', '.join(topo.downstreams(a.name))}")
     lines.append("processing nodes:")
     for p in topo.processing.values():

@@ -25,6 +25,7 @@ HEADER_SIZE = int(np.dtype(HEADER_FIELDS).itemsize)
 #: Frame flag bits.
 FLAG_SATURATED = 1 << 0   # a sample hit the digitiser's range
 FLAG_SOURCE_WARNING = 1 << 1  # the source reported something odd about this frame
+FLAG_TIME_APPROX = 1 << 2   # timestamp is the host's time of the readout, not the board's trigger time
 
 #: Channel sample types accepted in a topology (numeric scalars only).
 CHANNEL_KINDS = "iuf"

@@ -16,8 +16,11 @@ class LocalLauncher:
     signal so no node outlives a coordinator that was killed."""
 
     def launch(self, name: str, role: str, control: str, log_path: Path) -> subprocess.Popen:
+        return self.spawn([sys.executable, "-m", ROLE_MODULES[role], "--coordinator", control,
+                           "--name", name], log_path)
+
+    def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen:
+        """Any helper process of the run (nodes, emulated boards), its output in the run log."""
         with open(log_path, "ab", buffering=0) as logf:
-            return subprocess.Popen(
-                [sys.executable, "-m", ROLE_MODULES[role], "--coordinator", control, "--name", name],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=set_pdeathsig)
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=set_pdeathsig)

@@ -23,6 +23,7 @@ import zmq
 
 from coordinator.books import Books, balance
 from coordinator.control import ControlServer, StartupError
+from coordinator.emulated import StartupFailure, board_address, start_emulator
 from coordinator.launcher import LocalLauncher
 from coordinator.nodefiles import clear_write_flags, saved_in_file
 from coordinator.procutil import terminate
@@ -115,6 +116,7 @@ class Coordinator:
         self._next_hb = 0.0
         self._next_stats = 0.0
         self.books: Books | None = None
+        self.emulator_proc: Any = None
 
     # ---------------------------------------------------------------- public entry
     def run(self) -> dict:
@@ -175,6 +177,15 @@ class Coordinator:
         known = set(self.nodes)
         self.ctl = ControlServer(self.ctx, self.topo.control.address, self.topo.control.port, known)
         launcher = LocalLauncher()
+        boards: dict[str, list] = {}
+        if self.topo.emulated_boards():
+            try:
+                self.emulator_proc, ports = start_emulator(self.topo, self.rundir.path,
+                                                           self.rundir.log_path, launcher)
+            except StartupFailure as exc:
+                raise StartupError(str(exc)) from None
+            boards = {b: board_address(self.topo, b, ports) for b in ports}
+            log.info("emulated boards: %s", ", ".join(f"{b} at {h}:{p}" for b, (h, p) in boards.items()))
         for n in self.nodes.values():
             n.proc = launcher.launch(n.name, n.role, self.ctl.endpoint, self.rundir.log_path)
             n.pid = n.proc.pid
@@ -186,7 +197,8 @@ class Coordinator:
         acqs = [n for n in self.nodes.values() if n.role == "acquisition"]
         procs = [n for n in self.nodes.values() if n.role == "processing"]
         for n in acqs:
-            self.ctl.send(n.name, "configure", **base, params={"frames": self.topo.run.frames})
+            self.ctl.send(n.name, "configure", **base, params={"frames": self.topo.run.frames,
+                                                                 "boards": boards})
         self._wait(lambda: all(n.info for n in acqs), timeout, "configuration of acquisition nodes")
         endpoints = {n.name: n.info["endpoint"] for n in acqs}
         for n in procs:
@@ -398,6 +410,8 @@ class Coordinator:
                 except Exception:
                     break
         terminate([n.proc for n in self.nodes.values() if n.proc is not None], grace=1.0)
+        if self.emulator_proc is not None:
+            terminate([self.emulator_proc], grace=2.0)
         for n in self.nodes.values():
             ring = n.info.get("ring")
             if ring and os.path.exists(f"/dev/shm/{ring}"):

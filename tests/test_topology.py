@@ -194,10 +194,14 @@ def test_loopback_topology_loads() -> None:
     assert topo.hosts == {} and topo.run.directory == LOOPBACK.parent / "runs"
     stream = topo.streams["pulses"]
     assert stream.samples == 4096 and stream.channels == {"IN1": "int16", "IN2": "int16"}
-    synth = topo.acquisition["synth1"]
-    assert (synth.source.rate, synth.source.seed, synth.source.pretrigger) == (None, 1, 512)
-    assert synth.ring == RingConfig(256, "block")
-    assert topo.upstreams("proc1") == topo.upstreams("proc2") == ["synth1"]
+    assert topo.emulated_boards() == ["rp1", "rp2"] and topo.emulator.shared
+    for name in ("rp1", "rp2"):
+        board = topo.acquisition[name].source
+        assert (board.kind, board.decimation, board.pretrigger) == ("redpitaya", 8, 512)
+        assert (board.trigger.source, board.trigger.slope, board.trigger.level) == ("IN1", "rising", 0.05)
+        assert topo.acquisition[name].ring == RingConfig(256, "block")
+    assert topo.upstreams("proc1") == topo.upstreams("proc2") == ["rp1", "rp2"]
+    assert stream.modules == ("rp1", "rp2")
     assert all(p.pipeline == (StageConfig("save", SAVE_DEFAULTS),) for p in topo.processing.values())
 
 
@@ -264,3 +268,9 @@ def test_error_survives_pickling() -> None:
         topology_from_dict({"topology": 2})
     again = pickle.loads(pickle.dumps(info.value))
     assert again.problems == info.value.problems and str(again) == str(info.value)
+
+
+def test_scientific_notation_is_a_number_and_quoted_text_is_not() -> None:
+    from coordinator.topology import yamlpos
+    data = yamlpos.parse("a: 1e9\nb: -2.5E-3\nc: '1e9'\nd: 1e\n").data
+    assert data == {"a": 1e9, "b": -2.5e-3, "c": "1e9", "d": "1e"}

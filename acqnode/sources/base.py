@@ -50,9 +50,21 @@ def frame_buffer(dtype: np.dtype, n: int, out: np.ndarray | None = None) -> np.n
     return out
 
 
-def make_source(config: SourceConfig, stream: StreamConfig) -> Source:
-    """The source described by `config`, producing frames of `stream`."""
+def make_source(config: SourceConfig, stream: StreamConfig, node: str = "",
+                board: tuple[str, int] | None = None) -> Source:
+    """The source described by `config`, producing frames of `stream`.
+
+    `node` names the acquisition node (for error messages that name topology keys);
+    `board` is where an emulated board listens (the coordinator started it)."""
     kind = getattr(config, "kind", None)
+    if kind == "redpitaya":
+        from acqnode.sources.redpitaya import RedPitayaFrames
+
+        return RedPitayaFrames(config, stream, node, board)
+    if kind == "mcpha":
+        from acqnode.sources.mcpha import McphaFrames
+
+        return McphaFrames(config, stream, node, board)
     if kind == "synthetic":
         from acqnode.sources.synthetic import SyntheticPulses
 
@@ -61,4 +73,4 @@ def make_source(config: SourceConfig, stream: StreamConfig) -> Source:
         from acqnode.sources.pattern import PatternFrames
 
         return PatternFrames(config, stream)
-    raise ValueError(f"unknown source kind {kind!r} (known: 'synthetic', 'pattern')")
+    raise ValueError(f"unknown source kind {kind!r} (known: synthetic, pattern, redpitaya, mcpha)")

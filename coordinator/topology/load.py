@@ -37,8 +37,15 @@ from coordinator.topology.model import (
     COMPONENT_PARAMS,
     LOCALHOST,
     SCHEMA_VERSION,
+    EMULATOR,
     AcquisitionConfig,
+    BoardLink,
     Component,
+    EmulatorSettings,
+    McphaSource,
+    McphaTrigger,
+    RedPitayaSource,
+    ScpiTrigger,
     ControlConfig,
     HostConfig,
     PatternSource,
@@ -241,6 +248,37 @@ def integer(ge: int | None = None, le: int | None = None, *, null: bool = False)
 def number(*, gt: float | None = None, ge: float | None = None, null: bool = False,
            words: dict[str, Any] | None = None) -> Leaf:
     return numeric(integer=False, gt=gt, ge=ge, null=null, words=words)
+
+
+def boolean() -> Leaf:
+    def convert(value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        raise Reject()
+
+    return Leaf("true or false", convert)
+
+
+def power_of_two(low: int, high: int) -> Leaf:
+    want = f"a power of two {low}..{high}"
+
+    def convert(value: Any) -> Any:
+        if _is_int(value) and low <= value <= high and value & (value - 1) == 0:
+            return value
+        raise Reject()
+
+    return Leaf(want, convert)
+
+
+def among(*choices: int) -> Leaf:
+    want = "one of " + ", ".join(map(str, choices))
+
+    def convert(value: Any) -> Any:
+        if _is_int(value) and value in choices:
+            return value
+        raise Reject()
+
+    return Leaf(want, convert)
 
 
 def one_of(*choices: str, null: bool = False) -> Leaf:
@@ -558,6 +596,9 @@ COMPONENTS = {
     for distribution, keys in COMPONENT_PARAMS.items()
 }
 
+AMPLITUDE = OneOrMany(Variant("distribution", COMPONENTS, "distribution"),
+                      "a component mapping or a non-empty list of them")
+
 SYNTHETIC = Schema({
     "rate": Field(number(gt=0, words={"max": None})),
     "seed": Field(integer(0)),
@@ -569,8 +610,7 @@ SYNTHETIC = Schema({
     "baseline": Field(number()),
     "polarity": Field(one_of("positive", "negative")),
     "counts_per_volt": Field(POSITIVE),
-    "amplitude": Field(OneOrMany(Variant("distribution", COMPONENTS, "distribution"),
-                                 "a component mapping or a non-empty list of them")),
+    "amplitude": Field(AMPLITUDE),
 }, _model(SyntheticSource))
 
 PATTERN = Schema({
@@ -580,8 +620,63 @@ PATTERN = Schema({
     "payload": Field(one_of("ramp", "none")),
 }, _model(PatternSource))
 
-#: Source kinds: kind -> schema (Red Pitaya, emulator, replay join here).
-SOURCES: dict[str, Schema] = {"synthetic": SYNTHETIC, "pattern": PATTERN}
+BOARD_ADDRESS = text(noun=f"a host name or IP address, or {EMULATOR!r}")
+LINK = Schema({
+    "timeout": Field(POSITIVE),
+    "retry_interval": Field(POSITIVE),
+    "give_up_after": Field(POSITIVE),
+}, _model(BoardLink))
+
+REDPITAYA = Schema({
+    "address": Field(BOARD_ADDRESS, required=True),
+    "port": Field(integer(1, 65535)),
+    "decimation": Field(power_of_two(1, 65536)),
+    "gain": Field(one_of("LV", "HV")),
+    "trigger": Field(Section(Schema({
+        "source": Field(one_of("IN1", "IN2", "EXT", "NOW")),
+        "slope": Field(one_of("rising", "falling")),
+        "level": Field(number()),
+    }, _model(ScpiTrigger)))),
+    "pretrigger": Field(integer(0, null=True)),      # fits the capture buffer: a cross-check
+    "units": Field(one_of("raw", "volts")),
+    "byte_order": Field(one_of("big", "little")),
+    "data_format": Field(one_of("bin", "ascii")),
+    "link": Field(Section(LINK)),
+}, _model(RedPitayaSource))
+
+MCPHA = Schema({
+    "address": Field(BOARD_ADDRESS, required=True),
+    "port": Field(integer(1, 65535)),
+    "decimation": Field(among(1, 4, 8, 16, 32, 64, 128, 256)),
+    "trigger": Field(Section(Schema({
+        "source": Field(one_of("IN1", "IN2")),
+        "slope": Field(one_of("rising", "falling")),
+        "mode": Field(one_of("normal", "auto")),
+        "level": Field(integer(-4096, 4095)),
+    }, _model(McphaTrigger)))),
+    "pretrigger": Field(integer(0, null=True)),
+    "waveforms": Field(integer(1, 4096)),
+    "invert": Field(ListOf(one_of("IN1", "IN2"), "a list of inputs (IN1, IN2)", nonempty=False)),
+    "link": Field(Section(LINK)),
+}, _model(McphaSource))
+
+#: Source kinds: kind -> schema (replay joins here).
+SOURCES: dict[str, Schema] = {"synthetic": SYNTHETIC, "pattern": PATTERN,
+                              "redpitaya": REDPITAYA, "mcpha": MCPHA}
+
+EMULATOR_SETTINGS = Schema({
+    "rate": Field(POSITIVE),
+    "seed": Field(integer(0)),
+    "shared": Field(boolean()),
+    "rise_ns": Field(NON_NEGATIVE),
+    "decay_ns": Field(POSITIVE),
+    "noise": Field(NON_NEGATIVE),
+    "baseline": Field(number()),
+    "polarity": Field(one_of("positive", "negative")),
+    "amplitude": Field(AMPLITUDE),
+    "bandwidth": Field(number(gt=0, null=True)),
+    "latency": Field(NON_NEGATIVE),
+}, _model(EmulatorSettings))
 
 #: Pipeline stages: stage -> schema of its parameters (pha, filter, histogram join here).
 STAGES: dict[str, Schema] = {
@@ -620,6 +715,7 @@ TOPOLOGY = Schema({
     "run": Field(Section(RUN), default={}),
     "control": Field(Section(CONTROL)),
     "hosts": Field(Named(Section(HOST), HOST_NAME, "a mapping of host name to host", nonempty=False)),
+    "emulator": Field(Section(EMULATOR_SETTINGS)),
     "streams": Field(Named(Section(STREAM), STREAM_NAME, "a non-empty mapping of stream name to stream"),
                      required=True),
     "acquisition": Field(Named(Section(ACQUISITION), NODE_NAME,
@@ -686,14 +782,62 @@ def _check_acquisition_streams(ctx: _Context, streams: dict, acq: dict | None) -
                        f"stream {stream!r} is not defined; streams: {_join(streams)}")
             continue
         source, spec = node.get("source"), streams[stream]
-        if not (isinstance(source, Record) and source.ok("pretrigger") and source["pretrigger"] is not None
-                and isinstance(spec, Record) and spec.ok("samples")):
+        if not (isinstance(source, Record) and isinstance(spec, Record) and spec.ok("samples")):
             continue
-        samples, pretrigger = spec["samples"], source["pretrigger"]
-        if pretrigger >= samples:
+        samples, pretrigger = spec["samples"], source.get("pretrigger")
+        if source.ok("pretrigger") and pretrigger is not None and pretrigger >= samples:
             ctx.report(("acquisition", name, "source", "pretrigger"),
                        f"expected an integer 0..{samples - 1} (stream {stream!r} has {samples} samples), "
                        f"got {pretrigger}")
+        rule = BOARD_STREAM_RULES.get(source.get("kind"))
+        if rule is not None and spec.ok("channels"):
+            for key, message in rule(source, spec):
+                path = ("acquisition", name, "source", key) if key else ("acquisition", name, "stream")
+                ctx.report(path, message)
+
+
+#: The capture buffer of a STEMlab 125-14 input, and the samples it keeps after a trigger
+#: when ACQ:TRig:DLY is 0.
+BOARD_BUFFER = 16384
+POST_TRIGGER_AT_DLY_0 = 8192
+
+
+def _board_channels(source: Record, spec: Record, dtypes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """A board's stream names its inputs (IN1, IN2) as channels, in a dtype the board sends."""
+    out = []
+    for channel, dtype in spec["channels"].items():
+        if channel not in ("IN1", "IN2"):
+            out.append(("", f"stream {spec['name']!r} has channel {channel!r}; a {source['kind']} "
+                            f"board has inputs IN1 and IN2 (name the stream's channels after them)"))
+        elif dtype not in dtypes:
+            out.append(("", f"stream {spec['name']!r} channel {channel} is {dtype}; a {source['kind']} "
+                            f"source with these settings gives {' or '.join(dtypes)}"))
+    return out
+
+
+def _redpitaya_stream(source: Record, spec: Record) -> list[tuple[str, str]]:
+    units = RedPitayaSource.units if "units" not in source else source["units"] if source.ok("units") else None
+    out = _board_channels(source, spec, ("int16",) if units == "raw" else ("float32",)) if units else []
+    samples = spec["samples"]
+    if samples > BOARD_BUFFER:
+        out.append(("", f"stream {spec['name']!r} has {samples} samples; a Red Pitaya captures "
+                        f"at most {BOARD_BUFFER} per trigger"))
+    elif source.ok("pretrigger") and source.get("pretrigger") is not None:
+        pre = source["pretrigger"]
+        # the board keeps 8192 + DLY samples after the trigger, DLY >= 0
+        most = BOARD_BUFFER - max(POST_TRIGGER_AT_DLY_0, samples - pre)
+        if pre > most:
+            out.append(("pretrigger", f"expected at most {most} samples before the trigger (the board "
+                                      f"keeps at least {POST_TRIGGER_AT_DLY_0} after it), got {pre}"))
+    return out
+
+
+def _mcpha_stream(source: Record, spec: Record) -> list[tuple[str, str]]:
+    return _board_channels(source, spec, ("int16",))
+
+
+BOARD_STREAM_RULES: dict[str, Callable[[Record, Record], list[tuple[str, str]]]] = {
+    "redpitaya": _redpitaya_stream, "mcpha": _mcpha_stream}
 
 
 def _members(streams: dict, acq: dict | None) -> dict[str, list[str]] | None:

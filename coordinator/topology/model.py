@@ -73,7 +73,85 @@ class PatternSource:
     payload: Literal["ramp", "none"] = "ramp"   # none: headers only (transport benchmarks)
 
 
-SourceConfig = Union[SyntheticSource, PatternSource]   # Red Pitaya, emulator, replay join here (issue 3+)
+#: `address` of a board that the coordinator emulates itself (one `daq-redpitaya-emulator`
+#: process serves every such board of a run).
+EMULATOR = "emulator"
+
+
+@dataclass(frozen=True)
+class ScpiTrigger:
+    source: Literal["IN1", "IN2", "EXT", "NOW"] = "IN1"
+    slope: Literal["rising", "falling"] = "rising"
+    level: float = 0.05                # volts
+
+
+@dataclass(frozen=True)
+class BoardLink:
+    """How a source treats the network connection to its board."""
+
+    timeout: float = 2.0               # s to wait for one reply before asking the error queue
+    retry_interval: float = 1.0        # s between reconnection attempts
+    give_up_after: float = 30.0        # s without a working board before the source fails
+
+
+@dataclass(frozen=True)
+class RedPitayaSource:
+    """A Red Pitaya STEMlab 125-14 read over SCPI (port 5000), one frame per trigger."""
+
+    kind: Literal["redpitaya"] = "redpitaya"
+    address: str = EMULATOR            # host name or IP of the board, or `emulator`
+    port: int = 5000
+    decimation: int = 8                # power of two 1..65536: sample period 8 ns * decimation
+    gain: Literal["LV", "HV"] = "LV"   # input range +-1 V or +-20 V (jumpers on the board)
+    trigger: ScpiTrigger = field(default_factory=ScpiTrigger)
+    pretrigger: int | None = None      # samples before the trigger; None: samples // 8
+    units: Literal["raw", "volts"] = "raw"   # raw: int16 channels; volts: float32 channels
+    byte_order: Literal["big", "little"] = "big"
+    data_format: Literal["bin", "ascii"] = "bin"
+    link: BoardLink = field(default_factory=BoardLink)
+
+
+@dataclass(frozen=True)
+class McphaTrigger:
+    source: Literal["IN1", "IN2"] = "IN1"
+    slope: Literal["rising", "falling"] = "rising"
+    mode: Literal["normal", "auto"] = "normal"
+    level: int = 400                   # ADC counts, -4096..4095
+
+
+@dataclass(frozen=True)
+class McphaSource:
+    """A Red Pitaya running KIT's MCPHA server (port 1001): waveforms in sets of `waveforms`."""
+
+    kind: Literal["mcpha"] = "mcpha"
+    address: str = EMULATOR
+    port: int = 1001
+    decimation: int = 8                # 1, 4, 8, 16, 32, 64, 128 or 256
+    trigger: McphaTrigger = field(default_factory=McphaTrigger)
+    pretrigger: int | None = None
+    waveforms: int = 32                # waveforms asked for per request
+    invert: tuple[str, ...] = ()       # inputs whose sign the server flips (negative pulses)
+    link: BoardLink = field(default_factory=BoardLink)
+
+
+SourceConfig = Union[SyntheticSource, PatternSource, RedPitayaSource, McphaSource]
+
+
+@dataclass(frozen=True)
+class EmulatorSettings:
+    """The signal and link of the boards the coordinator emulates (`address: emulator`)."""
+
+    rate: float = 1000.0               # pulses per second on each board
+    seed: int = 0
+    shared: bool = True                # all emulated boards see the same events (one detector)
+    rise_ns: float = 16.0
+    decay_ns: float = 800.0
+    noise: float = 0.002               # volts rms
+    baseline: float = 0.0
+    polarity: Literal["positive", "negative"] = "positive"
+    amplitude: tuple[Component, ...] = field(default_factory=default_spectrum)
+    bandwidth: float | None = None     # bit/s of the emulated link; None: unlimited
+    latency: float = 0.0               # s added to every command
 
 
 @dataclass(frozen=True)
@@ -155,6 +233,7 @@ class Topology:
     run: RunConfig = field(default_factory=RunConfig)
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     control: ControlConfig = field(default_factory=ControlConfig)
+    emulator: EmulatorSettings = field(default_factory=EmulatorSettings)
     version: int = SCHEMA_VERSION
     path: Path | None = None           # the file it was loaded from
 
@@ -172,6 +251,11 @@ class Topology:
         stream = self.acquisition[acq].stream
         return [p.name for p in self.processing.values() if stream in p.streams]
 
+    def emulated_boards(self) -> list[str]:
+        """Acquisition nodes whose board the coordinator emulates."""
+        return [a.name for a in self.acquisition.values()
+                if getattr(a.source, "address", None) == EMULATOR]
+
     def host_address(self, host: str) -> str:
         return self.hosts[host].address if host in self.hosts else "127.0.0.1"
 
@@ -188,6 +272,8 @@ class Topology:
                                "run": _plain(self.run), "control": _plain(self.control)}
         if self.hosts:
             out["hosts"] = _plain(self.hosts)
+        if self.emulated_boards():
+            out["emulator"] = _plain(self.emulator)
         for section in ("streams", "acquisition", "processing"):
             out[section] = _plain(getattr(self, section))
         return out

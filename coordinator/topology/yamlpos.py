@@ -9,6 +9,7 @@ topologies: the loader turns what it returns into topology problems.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,11 +63,20 @@ class YamlSyntaxError(Exception):
         self.line = line
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e9` and `2.5E-3` as numbers, as YAML 1.2 and every user does
+    (YAML 1.1 wants a dot and a signed exponent, so PyYAML alone gives the string '1e9')."""
+
+
+_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789"))
+
+
 def parse(text: str) -> Document:
     """Parse one YAML document into plain values, key positions and duplicate keys."""
     loader = None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         root = loader.get_single_node()
         return Document(None) if root is None else _Walker(loader).document(root)
     except yaml.MarkedYAMLError as exc:

@@ -1,0 +1,1 @@
+"""Clients for the protocols Red Pitaya boards speak (SCPI, MCPHA)."""

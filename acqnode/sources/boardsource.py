@@ -1,0 +1,107 @@
+"""What the Red Pitaya sources (SCPI, MCPHA) share: the reader's interface for triggered
+hardware, and riding out a board that stops answering.
+
+A triggered source is not asked for frames by seq like a simulated one: frames come when
+the board triggers. `read(first, out, timeout)` fills what came within `timeout` (so the
+reader can look at its commands in between) and says how many seqs after them are lost
+and why. A board that stops answering is reconnected every `retry_interval`; the frames
+its outage cost are estimated from the trigger rate seen so far and recorded as
+`source_error`, so the books show the dead time; after `give_up_after` the source fails
+and the run ends by policy.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from acqnode.boards.link import BoardError, BoardProtocolError
+from coordinator.topology.model import BoardLink
+
+log = logging.getLogger("acqnode.board")
+
+
+@dataclass
+class Readout:
+    frames: int            # out[:frames] hold seqs first .. first+frames-1
+    lost: int = 0          # the next `lost` seqs are lost ...
+    cause: str = ""        # ... for this reason (source_error, corrupt)
+
+
+class BoardSession:
+    """Connection state of one board: trigger-rate estimate, outages, reconnection."""
+
+    def __init__(self, link: BoardLink, where: str) -> None:
+        self.link = link
+        self.where = where
+        self.t0 = time.monotonic()
+        self.triggers = 0
+        self.live_seconds = 0.0          # time the board was answering (for the rate estimate)
+        self._live_since = self.t0
+        self.outage_since: float | None = None
+        self.next_retry = 0.0
+        self.outages: list[dict] = []
+        self.rejected_blocks = 0
+
+    def rate(self) -> float:
+        live = self.live_seconds + (time.monotonic() - self._live_since if self.outage_since is None else 0)
+        return self.triggers / live if live > 0 else 0.0
+
+    def failed(self, exc: BoardError) -> Readout:
+        """A request failed. Corrupt data costs the one frame; silence starts an outage."""
+        if isinstance(exc, BoardProtocolError):
+            self.rejected_blocks += 1
+            log.warning("%s; frame dropped and recorded as corrupt, reconnecting", exc)
+            return Readout(0, 1, "corrupt")
+        now = time.monotonic()
+        if self.outage_since is None:
+            self.outage_since = now
+            self.live_seconds += now - self._live_since
+            self.next_retry = now + self.link.retry_interval
+            log.error("%s; reconnecting every %g s for up to %g s", exc, self.link.retry_interval,
+                      self.link.give_up_after)
+        return Readout(0)
+
+    def due(self) -> bool:
+        """In an outage: time for the next reconnection attempt? Raises once it is hopeless."""
+        now = time.monotonic()
+        assert self.outage_since is not None
+        if now - self.outage_since > self.link.give_up_after:
+            raise BoardError(f"the {self.where} has not answered for {self.link.give_up_after:g} s "
+                             f"(source.link.give_up_after); giving up")
+        if now < self.next_retry:
+            return False
+        self.next_retry = now + self.link.retry_interval
+        return True
+
+    def recovered(self) -> Readout:
+        """Reconnected and reconfigured: the outage's estimated frames are lost as source_error."""
+        now = time.monotonic()
+        assert self.outage_since is not None
+        lost_s = now - self.outage_since
+        lost = int(round(self.rate() * lost_s))
+        self.outages.append({"start_s": round(self.outage_since - self.t0, 6), "seconds": round(lost_s, 6),
+                             "estimated_frames": lost})
+        log.warning("%s answers again after %.2f s; about %d frames were not acquired (source_error)",
+                    self.where, lost_s, lost)
+        self.outage_since = None
+        self._live_since = now
+        return Readout(0, lost, "source_error")
+
+    def wait_retry(self, timeout: float) -> None:
+        time.sleep(max(0.0, min(timeout, self.next_retry - time.monotonic())))
+
+    def report(self) -> dict:
+        return {"outages": self.outages, "rejected_blocks": self.rejected_blocks,
+                "triggers": self.triggers}
+
+
+def stamp(out: np.ndarray, first: int, t_ns: np.ndarray | int, flags: int = 0) -> None:
+    """Header of records read from a board (seq, trigger timestamp, flags)."""
+    n = len(out)
+    out["seq"] = np.arange(first, first + n, dtype=np.uint64)
+    out["timestamp"] = t_ns
+    out["flags"] = flags
+    out["reserved"] = 0
