@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 SHM = Path("/dev/shm")
-NODE_MARKERS = ("acqnode", "procnode")
+NODE_MARKERS = ("acqnode", "procnode", "coordinator.emulated")
 
 
 def ring_segments(folder: Path | None = None) -> set[str]:

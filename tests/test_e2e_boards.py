@@ -1,0 +1,82 @@
+"""`daq-coordinator run` on emulated Red Pitaya boards: the default topology end to end, and
+boards that are not there."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_cli, run_json, small_topology, write_topology
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("clean_system")
+
+
+def frames_by_module(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    out: dict[str, dict[str, list]] = {}
+    for f in sorted(run_dir.glob("proc*.h5")):
+        with h5py.File(f, "r") as h:
+            g = h["entry/pulses"]
+            names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["module"].attrs["names"]]
+            module = g["module"][()]
+            for i, name in enumerate(names):
+                sel = module == i
+                for field in ("seq", "timestamp", "IN1", "IN2"):
+                    out.setdefault(name, {}).setdefault(field, []).append(g[field][()][sel])
+    return {m: {k: np.concatenate(v) for k, v in d.items()} for m, d in out.items()}
+
+
+def test_default_topology_runs_on_two_emulated_boards(tmp_path):
+    topo = tmp_path / "loopback.yaml"
+    shutil.copy(ROOT / "topologies" / "loopback.yaml", topo)
+    res, summary = run_json(topo, "--frames", "150", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert summary["result"] == "completed"
+    books = summary["books"]
+    assert books["produced"] == 300 and books["saved"] == 300 and books["balanced"], books
+    run_dir = Path(summary["run_dir"])
+    record = json.loads((run_dir / "run.json").read_text())
+    for board in ("rp1", "rp2"):
+        hw = record["parameters"]["hardware"][board]
+        assert hw["decimation"] == 8 and hw["trigger_delay"] == 0 and hw["idn"]
+        assert abs(hw["trigger_level"] - 0.05) < 1e-6
+    frames = frames_by_module(run_dir)
+    assert sorted(frames) == ["rp1", "rp2"]
+    level = 0.05 * 8192
+    for board, f in frames.items():
+        assert sorted(f["seq"].tolist()) == list(range(150)), board
+        wave = f["IN1"].astype(np.int32)
+        crossing = np.argmax(wave >= level, axis=1)
+        # every frame holds a pulse that crosses the trigger level at the trigger index (pretrigger 512)
+        assert (wave.max(axis=1) >= level).all()
+        assert np.isin(crossing, [510, 511, 512, 513]).mean() > 0.95, np.unique(crossing)[:10]
+
+
+def test_unreachable_board_fails_the_start_naming_it(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        topo = small_topology(**{"acquisition.synth1.source": {
+            "kind": "redpitaya", "address": "127.0.0.1", "port": port, "link": {"timeout": 0.5}}})
+        res = run_cli("run", str(write_topology(tmp_path, topo)), cwd=tmp_path, timeout=60)
+    assert res.returncode != 0
+    assert f"127.0.0.1:{port}" in res.stdout + res.stderr
+
+
+def test_mcpha_board_end_to_end(tmp_path):
+    topo = small_topology(**{
+        "run.frames": 200,
+        "streams.pulses": {"samples": 1024, "channels": {"IN1": "int16", "IN2": "int16"}},
+        "acquisition.synth1.source": {"kind": "mcpha", "address": "emulator", "pretrigger": 100,
+                                      "waveforms": 16, "trigger": {"level": 400}},
+        "emulator": {"rate": 3000, "seed": 2}})
+    res, summary = run_json(write_topology(tmp_path, topo), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert summary["books"]["saved"] == 200 and summary["books"]["balanced"]
+    f = frames_by_module(Path(summary["run_dir"]))["synth1"]
+    assert (f["IN1"][:, 100:130].max(axis=1) >= 400).mean() > 0.95
