@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from emulator.signal import BoardSignal
+from emulator.timeline import BLOCK_NS
 
 SIGMAS = 6.0
 EXT_WIDTH_NS = 100.0
@@ -94,16 +95,24 @@ class TriggerSearch:
             self.pos += n
 
     def _advance_pulses(self, limit: int) -> None:
+        # in steps of about one timeline block, so a near trigger never pays for a far limit
+        step = max(1, int(BLOCK_NS / self.signal.period_ns(self.decimation)))
+        while self.found is None and self.pos < limit:
+            self._pulses_until(min(limit, self.pos + step), limit)
+
+    def _pulses_until(self, stop: int, limit: int) -> None:
+        """Examine pulses starting before `stop` (their windows may reach up to `limit`)."""
         tmpl_len = len(self.signal.template(self.decimation))
-        # pulses starting up to one template before pos may still be decaying across it
-        starts, amps = self.signal.pulse_starts(self.pos - tmpl_len, limit, self.decimation)
+        # a pulse starting up to one template before pos may still be decaying across it, and
+        # its reach counts the pulses up to one template before it
+        starts, amps = self.signal.pulse_starts(self.pos - 2 * tmpl_len, stop, self.decimation)
         if starts.size and self._toward:
             toward = amps * self._toward
             # reach of each pulse: itself plus the pulses still under it (pile-up)
             cum = np.concatenate(([0.0], np.cumsum(np.abs(amps))))
             first = np.searchsorted(starts, starts - tmpl_len, side="right")
             reach = cum[np.arange(1, starts.size + 1)] - cum[first]
-            candidates = np.flatnonzero((toward > 0) & (reach >= self._margin))
+            candidates = np.flatnonzero((toward > 0) & (reach >= self._margin) & (starts >= self.pos - tmpl_len))
             for i in candidates:
                 k0 = max(int(starts[i]) - 1, self.pos - 1)
                 end = min(int(starts[i]) + tmpl_len, limit)
@@ -113,7 +122,7 @@ class TriggerSearch:
                 if hit is not None:
                     self.found = hit
                     return
-        self.pos = limit
+        self.pos = stop
 
     def _advance_ext(self, limit: int) -> None:
         period = self.signal.period_ns(self.decimation)

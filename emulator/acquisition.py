@@ -1,0 +1,215 @@
+"""The board's acquisition state machine (what the FPGA does between ACQ:START and a full buffer).
+
+Timing is real: sample k of the acquisition's grid (decimation d, fixed at ACQ:START) is
+written at emulator time k * 8 ns * d.  Nothing runs in the background: every question
+(ACQ:TRig:STAT?, FILL?, WPOS?, a data read) brings the state up to the current time.
+
+* ACQ:START: the write pointer starts at 0 with the next sample; a trigger source that is
+  set (before or after START) arms the trigger from the sample after the command.
+* The trigger fires on a real edge of the input (`emulator.trigger`); once its sample has
+  been written in real time, the source register reads DISABLED (as the FPGA clears it),
+  so ACQ:TRig:STAT? answers TD.  Before that it answers WAIT; with no source set, TD.
+* The buffer keeps samples [trigger - (8192 - DLY), trigger + 8192 + DLY): writing stops
+  after the last of them, and ACQ:TRig:FILL? answers 1 once it has been written.
+* ACQ:STOP stops writing at once.  Every acquisition needs its own ACQ:START: a source set
+  after a trigger has fired stays armed-but-idle (WAIT) until the next START.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from emulator.signal import BoardSignal
+from emulator.stats import Stats
+from emulator.timeline import Clock
+from emulator.trigger import TriggerSearch
+
+BUFFER = 16384
+HALF = BUFFER // 2
+COUNTS = 8192
+FULL_SCALE = {"LV": 1.0, "HV": 20.0}
+SOURCES = ("DISABLED", "NOW", "CH1_PE", "CH1_NE", "CH2_PE", "CH2_NE", "EXT_PE", "EXT_NE", "AWG_PE", "AWG_NE")
+#: How far ahead of real time a pulse-driven trigger search may look (it is cheap there).
+LOOKAHEAD_NS = 1e9
+
+
+def to_counts(volts: np.ndarray, gain: str) -> np.ndarray:
+    """RAW counts of the 14-bit ADC: volts * 8192 / full scale, clipped to -8192..8191."""
+    counts = np.rint(volts * (COUNTS / FULL_SCALE[gain]))
+    return np.clip(counts, -COUNTS, COUNTS - 1).astype(np.int16)
+
+
+def to_volts(counts: np.ndarray, gain: str) -> np.ndarray:
+    return (counts.astype(np.float32) * np.float32(FULL_SCALE[gain] / COUNTS)).astype(np.float32)
+
+
+@dataclass
+class Settings:
+    """Acquisition settings as ACQ:RST leaves them."""
+
+    decimation: int = 1
+    delay: int = 0               # ACQ:TRig:DLY, samples
+    level: float = 0.0           # ACQ:TRig:LEV, volts
+    hysteresis: float = 0.005    # stored only
+    averaging: bool = True       # stored only
+    units: str = "VOLTS"         # the real server keeps this one per board, not per client
+
+
+class Recorder:
+    """Something that writes samples of a board's inputs in real time at some decimation."""
+
+    def __init__(self, signal: BoardSignal, clock: Clock, stats: Stats) -> None:
+        self.signal = signal
+        self.clock = clock
+        self.stats = stats
+
+    def decimation_in_use(self) -> int:
+        raise NotImplementedError
+
+    def period_ns(self) -> float:
+        return self.signal.period_ns(self.decimation_in_use())
+
+    def now(self) -> int:
+        """Index of the newest sample written by now."""
+        return int(self.clock.now_ns() // self.period_ns())
+
+
+class Acquisition(Recorder):
+    """ACQ:* state of one board, shared by all its SCPI connections (callers hold the lock)."""
+
+    def __init__(self, signal: BoardSignal, clock: Clock, stats: Stats) -> None:
+        super().__init__(signal, clock, stats)
+        self.settings = Settings()
+        self.gain = ["LV", "LV"]
+        self.source = "DISABLED"          # the FPGA's trigger source register
+        self.tpos = 0
+        self._dec = 1                     # decimation of the current acquisition
+        self._start: int | None = None    # first sample of the current acquisition
+        self._end: int | None = None      # last sample it will write (None: open-ended)
+        self._trigger: int | None = None
+        self._search: TriggerSearch | None = None
+        self._filled = False
+        self._cache: tuple[tuple, np.ndarray] | None = None
+
+    # ---- commands ------------------------------------------------------------------
+    def reset(self) -> None:
+        """ACQ:RST: stop, defaults, trigger disabled."""
+        self.stop()
+        self.settings = Settings()
+        self.gain = ["LV", "LV"]
+        self.source = "DISABLED"
+
+    def start(self) -> None:
+        self._dec = self.settings.decimation
+        now = self.now()
+        self._start, self._end = now + 1, None
+        self._trigger, self._search, self._filled = None, None, False
+        if self.source != "DISABLED":
+            self._arm(now + 1)
+
+    def stop(self) -> None:
+        self.update()
+        if self._start is not None and self._end is None:
+            self._end = self.now()
+        self._search = None
+
+    def set_source(self, source: str) -> None:
+        self.update()
+        self.source = source
+        running = self._start is not None and self._end is None and self._trigger is None
+        self._search = None
+        if running and source != "DISABLED":
+            self._arm(self.now() + 1)
+
+    def retune(self) -> None:
+        """Level or gain changed: an armed trigger looks for the new level from the next sample."""
+        self.update()
+        if self._search is not None:
+            self._arm(self.now() + 1)
+
+    # ---- state ---------------------------------------------------------------------
+    def decimation_in_use(self) -> int:
+        return self._dec
+
+    def _arm(self, k: int) -> None:
+        src = self.source
+        if src.startswith("AWG"):          # no generator output is emulated: never fires
+            return
+        name = {"CH1": "IN1", "CH2": "IN2", "EXT": "EXT"}.get(src[:3], "NOW")
+        channel = 1 if name == "IN2" else 0
+        scale = FULL_SCALE[self.gain[channel]]
+        self._search = TriggerSearch(self.signal, name, self.settings.level, src.endswith("_PE"),
+                                     self._dec, k, clip=(-scale, scale * (COUNTS - 1) / COUNTS))
+
+    def update(self) -> None:
+        """Bring the trigger and fill state up to the current time."""
+        if self._search is not None:
+            now = self.now()
+            ahead = now + 1 if self._search.dense else now + int(LOOKAHEAD_NS / self.period_ns())
+            k = self._search.advance(ahead)
+            if k is not None and k <= now:
+                self._trigger, self._search = k, None
+                self.source = "DISABLED"
+                self.tpos = self.pointer(k)
+                self._end = k + HALF + self.settings.delay - 1
+                self.stats.add("triggers")
+        if self._trigger is not None and not self._filled and self.now() >= max(self._end, self._trigger):
+            self._filled = True
+            self.stats.add("captures")
+
+    def trigger_state(self) -> str:
+        self.update()
+        return "TD" if self.source == "DISABLED" else "WAIT"
+
+    def filled(self) -> bool:
+        self.update()
+        return self._filled
+
+    def trigger_time_ns(self) -> float | None:
+        """Emulator time of the last trigger (for tests and the in-process API)."""
+        return None if self._trigger is None else self._trigger * self.period_ns()
+
+    def pointer(self, k: int) -> int:
+        return (k - (self._start or 0)) % BUFFER
+
+    def last_written(self) -> int:
+        if self._start is None:
+            return -1
+        now = self.now()
+        return now if self._end is None else min(now, self._end)
+
+    def write_pointer(self) -> int:
+        self.update()
+        return 0 if self._start is None else self.pointer(self.last_written())
+
+    # ---- data ----------------------------------------------------------------------
+    def buffer(self, channel: int) -> np.ndarray:
+        """The 16384 RAW counts of one input, indexed by buffer position."""
+        self.update()
+        last = self.last_written()
+        key = (channel, self._start, last, self._dec, self.gain[channel])
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        first = last - BUFFER + 1
+        counts = to_counts(self.signal.render(channel, first, BUFFER, self._dec), self.gain[channel])
+        out = np.empty(BUFFER, np.int16)
+        out[(np.arange(first, last + 1) - (self._start or 0)) % BUFFER] = counts
+        self._cache = (key, out)
+        return out
+
+    def read(self, channel: int, start: int, n: int) -> np.ndarray:
+        """n RAW counts from buffer position `start` on, wrapping around."""
+        buf = self.buffer(channel)
+        return buf[(start + np.arange(n)) % BUFFER]
+
+    def oldest(self) -> int:
+        """Buffer position of the oldest sample (the one after the write pointer)."""
+        return (self.write_pointer() + 1) % BUFFER
+
+    def delay_ns(self) -> int:
+        return int(round(self.settings.delay * self.signal.period_ns(self.settings.decimation)))
+
+    def set_delay_ns(self, ns: float) -> None:
+        self.settings.delay = int(math.floor(ns / self.signal.period_ns(self.settings.decimation)))
