@@ -163,7 +163,7 @@ def test_outage_is_ridden_out_and_costs_source_error_frames(emu):
     src = RedPitayaFrames(cfg, st, "rp1", emu.scpi_address("rp1"))
     try:
         read_frames(src, st, 20)
-        emu.board("rp1").hang(1.5)
+        emu.board("rp1").hang(2.5)
         out = np.zeros(4, st.dtype)
         lost, causes, deadline = 0, set(), time.monotonic() + 15
         while not lost and time.monotonic() < deadline:

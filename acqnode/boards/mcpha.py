@@ -44,12 +44,13 @@ class McphaClient:
 
     def setup(self, decimation: int, trigger_source: int, falling: bool, auto: bool, level: int,
               pre: int, total: int, negate: tuple[int, ...] = ()) -> None:
-        """Reset and configure the oscilloscope (inputs 0 = IN1, 1 = IN2), then start it."""
+        """Reset and configure the oscilloscope (inputs 0 = IN1, 1 = IN2), then start it.
+        Levels are in counts (4096 per volt, as the clients of the MCPHA image assume)."""
         if decimation not in DECIMATIONS:
             raise ValueError(f"MCPHA decimation {decimation} is not one of {DECIMATIONS}")
         words = [command_word(RESET_OSC), command_word(SAMPLE_RATE, 0, decimation)]
         words += [command_word(NEGATE, ch, int(ch in negate)) for ch in (0, 1)]
-        words += [command_word(TRIGGER_SOURCE, 0, trigger_source),
+        words += [command_word(TRIGGER_SOURCE, trigger_source),   # the input goes in the channel field
                   command_word(TRIGGER_SLOPE, 0, int(falling)),
                   command_word(TRIGGER_MODE, 0, int(auto)),
                   command_word(TRIGGER_LEVEL, 0, level),
