@@ -80,3 +80,49 @@ def test_mcpha_board_end_to_end(tmp_path):
     assert summary["books"]["saved"] == 200 and summary["books"]["balanced"]
     f = frames_by_module(Path(summary["run_dir"]))["synth1"]
     assert (f["IN1"][:, 100:130].max(axis=1) >= 400).mean() > 0.95
+
+
+def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    topo = small_topology(**{
+        "run.frames": 600, "run.drain_timeout": 5.0,
+        "streams.pulses": {"samples": 1024, "channels": {"IN1": "int16"}},
+        "acquisition.synth1.source": {"kind": "redpitaya", "address": "emulator", "pretrigger": 100,
+                                      "trigger": {"level": 0.05},
+                                      "link": {"timeout": 0.3, "retry_interval": 0.2, "give_up_after": 20}},
+        "emulator": {"rate": 1000, "seed": 4}})
+    path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", str(path), "--json"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        emulator = None
+        deadline = time.monotonic() + 20
+        while emulator is None and time.monotonic() < deadline:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                if "coordinator.emulated" in " ".join(child.cmdline()):
+                    emulator = child
+            time.sleep(0.1)
+        assert emulator is not None, "the coordinator started no emulator"
+        time.sleep(1.0)                           # frames are flowing
+        os.kill(emulator.pid, signal.SIGSTOP)     # the board stops answering
+        time.sleep(1.5)
+        os.kill(emulator.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    books = summary["books"]
+    assert books["missing_by_cause"].get("source_error", 0) > 0, books
+    assert books["balanced"] and books["produced"] >= 600
+    report = summary["nodes"]["synth1"]["report"]["source"]
+    assert report["outages"] and report["outages"][0]["seconds"] > 0.5
