@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,18 @@ class BoardSession:
 
     def wait_retry(self, timeout: float) -> None:
         time.sleep(max(0.0, min(timeout, self.next_retry - time.monotonic())))
+
+    def ride_out(self, reconnect: Callable[[], None], timeout: float) -> Readout:
+        """One step of an outage: wait for the next attempt, or reconnect and reconfigure."""
+        if not self.due():
+            self.wait_retry(timeout)
+            return Readout(0)
+        try:
+            reconnect()
+        except BoardError as exc:
+            log.warning("reconnection failed: %s", exc)
+            return Readout(0)
+        return self.recovered()
 
     def report(self) -> dict:
         return {"outages": self.outages, "rejected_blocks": self.rejected_blocks,

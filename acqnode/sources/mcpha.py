@@ -13,7 +13,7 @@ import numpy as np
 
 from acqnode.boards.link import BoardError
 from acqnode.boards.mcpha import McphaClient
-from acqnode.sources.boardsource import BoardSession, Readout, log, stamp
+from acqnode.sources.boardsource import BoardSession, Readout, stamp
 from coordinator.frames import FLAG_TIME_APPROX, channel_names
 from coordinator.topology.model import McphaSource, StreamConfig
 
@@ -46,19 +46,14 @@ class McphaFrames:
             "pretrigger": self.pre, "samples": self.samples, "invert": list(c.invert),
             "note": "the MCPHA protocol has no read-back; these are the values sent"}
 
+    def _reconnect(self) -> None:
+        self.client.connect()
+        self.configure()
+
     def read(self, first: int, out: np.ndarray, timeout: float) -> Readout:
         s = self.session
         if s.outage_since is not None:
-            if not s.due():
-                s.wait_retry(timeout)
-                return Readout(0)
-            try:
-                self.client.connect()
-                self.configure()
-            except BoardError as exc:
-                log.warning("reconnection failed: %s", exc)
-                return Readout(0)
-            return s.recovered()
+            return s.ride_out(self._reconnect, timeout)
         n = min(len(out), len(self.scratch))
         t_ns = time.monotonic_ns() - self.t0_ns
         try:

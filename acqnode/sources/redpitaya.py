@@ -18,7 +18,7 @@ import numpy as np
 
 from acqnode.boards.link import BoardError, BoardTimeout
 from acqnode.boards.scpi import ScpiClient, ScpiError
-from acqnode.sources.boardsource import BoardSession, Readout, log, stamp
+from acqnode.sources.boardsource import BoardSession, Readout, stamp
 from coordinator.frames import channel_names
 from coordinator.topology.model import RedPitayaSource, StreamConfig
 
@@ -113,20 +113,15 @@ class RedPitayaFrames:
             time.sleep(pause)
             pause = min(POLL_MAX, pause * 2)
 
+    def _reconnect(self) -> None:
+        self.client.reconnect()
+        self.configure()
+
     def read(self, first: int, out: np.ndarray, timeout: float) -> Readout:
         """Frames that trigger within `timeout` s, at most len(out)."""
         s = self.session
         if s.outage_since is not None:
-            if not s.due():
-                s.wait_retry(timeout)
-                return Readout(0)
-            try:
-                self.client.reconnect()
-                self.configure()
-            except BoardError as exc:
-                log.warning("reconnection failed: %s", exc)
-                return Readout(0)
-            return s.recovered()
+            return s.ride_out(self._reconnect, timeout)
         deadline = time.monotonic() + timeout
         n = 0
         try:
@@ -154,8 +149,7 @@ class RedPitayaFrames:
             self.armed = False
             if readout.lost:    # corrupt block: reconnect now and carry on
                 try:
-                    self.client.reconnect()
-                    self.configure()
+                    self._reconnect()
                 except BoardError as again:
                     s.failed(again)
             return Readout(n, readout.lost, readout.cause)
