@@ -668,6 +668,7 @@ EMULATOR_SETTINGS = Schema({
     "rate": Field(POSITIVE),
     "seed": Field(integer(0)),
     "shared": Field(boolean()),
+    "common_trigger": Field(boolean()),
     "rise_ns": Field(NON_NEGATIVE),
     "decay_ns": Field(POSITIVE),
     "noise": Field(NON_NEGATIVE),

@@ -144,6 +144,7 @@ class EmulatorSettings:
     rate: float = 1000.0               # pulses per second on each board
     seed: int = 0
     shared: bool = True                # all emulated boards see the same events (one detector)
+    common_trigger: bool = False       # boards triggered together, busy-gated (event building)
     rise_ns: float = 16.0
     decay_ns: float = 800.0
     noise: float = 0.002               # volts rms
