@@ -27,6 +27,7 @@ def emulator_settings(topo: Topology) -> dict:
     """What the emulator process needs, as plain data."""
     e = topo.emulator
     return {"boards": topo.emulated_boards(), "rate": e.rate, "seed": e.seed, "shared": e.shared,
+            "common_trigger": e.common_trigger,
             "rise_ns": e.rise_ns, "decay_ns": e.decay_ns, "noise": e.noise, "baseline": e.baseline,
             "polarity": e.polarity, "bandwidth": e.bandwidth, "latency": e.latency,
             "amplitude": [{k: getattr(c, k) for k in ("distribution", "weight", "scale", "mean", "sigma",

@@ -13,10 +13,14 @@ written at emulator time k * 8 ns * d.  Nothing runs in the background: every qu
   after the last of them, and ACQ:TRig:FILL? answers 1 once it has been written.
 * ACQ:STOP stops writing at once.  Every acquisition needs its own ACQ:START: a source set
   after a trigger has fired stays armed-but-idle (WAIT) until the next START.
+* With a common trigger (`emulator.triggergroup`) the board does not search its own input:
+  arming and disarming are told to the group, which fires every board at one instant;
+  each command then holds the group's lock (inside the board's) so it sees one state.
 """
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,15 +28,14 @@ import numpy as np
 from emulator.signal import BoardSignal
 from emulator.stats import Stats
 from emulator.timeline import Clock
-from emulator.trigger import TriggerSearch
+from emulator.trigger import LOOKAHEAD_NS, TriggerSearch
+from emulator.triggergroup import TriggerGroup, TriggerSpec, first_sample_at
 
 BUFFER = 16384
 HALF = BUFFER // 2
 COUNTS = 8192
 FULL_SCALE = {"LV": 1.0, "HV": 20.0}
 SOURCES = ("DISABLED", "NOW", "CH1_PE", "CH1_NE", "CH2_PE", "CH2_NE", "EXT_PE", "EXT_NE", "AWG_PE", "AWG_NE")
-#: How far ahead of real time a pulse-driven trigger search may look (it is cheap there).
-LOOKAHEAD_NS = 1e9
 
 
 def to_counts(volts: np.ndarray, gain: str) -> np.ndarray:
@@ -77,10 +80,16 @@ class Recorder:
 
 
 class Acquisition(Recorder):
-    """ACQ:* state of one board, shared by all its SCPI connections (callers hold the lock)."""
+    """ACQ:* state of one board, shared by all its SCPI connections (callers hold the lock).
 
-    def __init__(self, signal: BoardSignal, clock: Clock, stats: Stats) -> None:
+    `group`/`member`: the common trigger this board belongs to and its index there (0: master).
+    """
+
+    def __init__(self, signal: BoardSignal, clock: Clock, stats: Stats, group: TriggerGroup | None = None,
+                 member: int = 0) -> None:
         super().__init__(signal, clock, stats)
+        self.group = group
+        self.member = member
         self.settings = Settings()
         self.gain = ["LV", "LV"]
         self.source = "DISABLED"          # the FPGA's trigger source register
@@ -96,68 +105,111 @@ class Acquisition(Recorder):
     # ---- commands ------------------------------------------------------------------
     def reset(self) -> None:
         """ACQ:RST: stop, defaults, trigger disabled."""
-        self.stop()
-        self.settings = Settings()
-        self.gain = ["LV", "LV"]
-        self.source = "DISABLED"
+        with self._held():
+            self.stop()
+            self.settings = Settings()
+            self.gain = ["LV", "LV"]
+            self.source = "DISABLED"
 
     def start(self) -> None:
-        self._dec = self.settings.decimation
-        now = self.now()
-        self._start, self._end = now + 1, None
-        self._trigger, self._search, self._filled = None, None, False
-        if self.source != "DISABLED":
-            self._arm(now + 1)
+        with self._held():
+            if self.group is not None:
+                self.update()           # a group trigger that came first belongs to the old acquisition
+            self._dec = self.settings.decimation
+            now = self.now()
+            self._start, self._end = now + 1, None
+            self._trigger, self._search, self._filled = None, None, False
+            if self.source != "DISABLED":
+                self._arm(now + 1)
+            else:
+                self._disarm()
 
     def stop(self) -> None:
-        self.update()
-        if self._start is not None and self._end is None:
-            self._end = self.now()
-        self._search = None
+        with self._held():
+            self.update()
+            if self._start is not None and self._end is None:
+                self._end = self.now()
+            self._search = None
+            self._disarm()
 
     def set_source(self, source: str) -> None:
-        self.update()
-        self.source = source
-        running = self._start is not None and self._end is None and self._trigger is None
-        self._search = None
-        if running and source != "DISABLED":
-            self._arm(self.now() + 1)
+        with self._held():
+            self.update()
+            self.source = source
+            running = self._start is not None and self._end is None and self._trigger is None
+            self._search = None
+            if running and source != "DISABLED":
+                self._arm(self.now() + 1)
+            else:
+                self._disarm()
 
     def retune(self) -> None:
-        """Level or gain changed: an armed trigger looks for the new level from the next sample."""
-        self.update()
-        if self._search is not None:
-            self._arm(self.now() + 1)
+        """Level or gain changed: an armed trigger looks for the new level from the next sample.
+
+        In a trigger group only the master's level and gain matter; a slave's are ignored.
+        """
+        with self._held():
+            self.update()
+            if self.group is None:
+                armed = self._search is not None
+            else:
+                armed = self.member == 0 and self.group.is_armed(self.member)
+            if armed:
+                self._arm(self.now() + 1)
 
     # ---- state ---------------------------------------------------------------------
     def decimation_in_use(self) -> int:
         return self._dec
 
-    def _arm(self, k: int) -> None:
+    def _held(self) -> AbstractContextManager:
+        """The group's lock for a whole command (taken inside the board's lock), or nothing."""
+        return self.group.lock if self.group is not None else nullcontext()
+
+    def _spec(self) -> TriggerSpec:
+        """The trigger as the source register and the settings define it now."""
         src = self.source
-        if src.startswith("AWG"):          # no generator output is emulated: never fires
-            return
         name = {"CH1": "IN1", "CH2": "IN2", "EXT": "EXT"}.get(src[:3], "NOW")
-        channel = 1 if name == "IN2" else 0
-        scale = FULL_SCALE[self.gain[channel]]
-        self._search = TriggerSearch(self.signal, name, self.settings.level, src.endswith("_PE"),
-                                     self._dec, k, clip=(-scale, scale * (COUNTS - 1) / COUNTS))
+        if src.startswith("AWG"):
+            name = None                    # no generator output is emulated: never fires
+        scale = FULL_SCALE[self.gain[1 if name == "IN2" else 0]]
+        return TriggerSpec(self.signal, name, self.settings.level, src.endswith("_PE"), self._dec,
+                           clip=(-scale, scale * (COUNTS - 1) / COUNTS))
+
+    def _arm(self, k: int) -> None:
+        """Armed from sample k: search the own input, or tell the group."""
+        if self.group is None:
+            self._search = self._spec().search(k)
+        else:
+            self.group.arm(self.member, k * self._dec, self._spec())
+
+    def _disarm(self) -> None:
+        if self.group is not None:
+            self.group.disarm(self.member)
+
+    def _fire(self, k: int) -> None:
+        """The trigger is sample k: the source register clears, the end of the buffer is known."""
+        self._trigger, self._search = k, None
+        self.source = "DISABLED"
+        self.tpos = self.pointer(k)
+        self._end = k + HALF + self.settings.delay - 1
+        self.stats.add("triggers")
 
     def update(self) -> None:
         """Bring the trigger and fill state up to the current time."""
-        if self._search is not None:
-            now = self.now()
-            ahead = now + 1 if self._search.dense else now + int(LOOKAHEAD_NS / self.period_ns())
-            k = self._search.advance(ahead)
-            if k is not None and k <= now:
-                self._trigger, self._search = k, None
-                self.source = "DISABLED"
-                self.tpos = self.pointer(k)
-                self._end = k + HALF + self.settings.delay - 1
-                self.stats.add("triggers")
-        if self._trigger is not None and not self._filled and self.now() >= max(self._end, self._trigger):
-            self._filled = True
-            self.stats.add("captures")
+        with self._held():
+            if self.group is not None:
+                tick = self.group.take(self.member)
+                if tick is not None:
+                    self._fire(first_sample_at(tick, self._dec))
+            elif self._search is not None:
+                now = self.now()
+                ahead = now + 1 if self._search.dense else now + int(LOOKAHEAD_NS / self.period_ns())
+                k = self._search.advance(ahead)
+                if k is not None and k <= now:
+                    self._fire(k)
+            if self._trigger is not None and not self._filled and self.now() >= max(self._end, self._trigger):
+                self._filled = True
+                self.stats.add("captures")
 
     def trigger_state(self) -> str:
         self.update()

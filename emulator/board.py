@@ -4,7 +4,8 @@ The SCPI acquisition (`Acquisition`) and the MCPHA oscilloscope (`emulator.mcpha
 are separate state machines over the same inputs: on a real board only one of the two
 servers runs at a time (they load different FPGA images), the emulator offers both.
 All connections of a board share its state; `lock` serialises commands as the real
-server does (it runs one command at a time).
+server does (it runs one command at a time).  With a common trigger the acquisition also
+belongs to the emulator's `TriggerGroup`, whose lock is only ever taken inside this one.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from emulator.mcpha import Scope
 from emulator.signal import BoardSignal
 from emulator.stats import Stats
 from emulator.timeline import Clock
+from emulator.triggergroup import TriggerGroup
 
 CORRUPTIONS = ("bad_header", "truncated", "short")
 
@@ -30,7 +32,8 @@ class Service(Protocol):
 
 
 class Board:
-    def __init__(self, name: str, index: int, signal: BoardSignal, clock: Clock, link: Link) -> None:
+    def __init__(self, name: str, index: int, signal: BoardSignal, clock: Clock, link: Link,
+                 group: TriggerGroup | None = None) -> None:
         self.name = name
         self.index = index
         self.signal = signal
@@ -38,7 +41,7 @@ class Board:
         self.link = link
         self.lock = threading.RLock()
         self._stats = Stats()
-        self.acq = Acquisition(signal, clock, self._stats)
+        self.acq = Acquisition(signal, clock, self._stats, group, index)   # group: common trigger
         self.scope = Scope(signal, clock, self._stats)
         self.ret_on_error = False          # RP:RET_ON_ERROR is global in the real server
         self._hang_until = 0.0

@@ -43,6 +43,8 @@ def write_ready_file(path: Path, content: dict) -> None:
 @click.option("--rate", default=1000.0, show_default=True, type=float, help="Pulses per second.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Seed of the timeline.")
 @click.option("--independent", is_flag=True, help="One timeline per board instead of a shared one.")
+@click.option("--common-trigger", is_flag=True,
+              help="Trigger the boards' SCPI acquisitions together, busy-gated, on the first board's trigger.")
 @click.option("--noise", default=0.002, show_default=True, type=float, help="Noise, volts rms.")
 @click.option("--baseline", default=0.0, show_default=True, type=float, help="Baseline, volts.")
 @click.option("--polarity", default="positive", show_default=True, type=click.Choice(["positive", "negative"]))
@@ -50,14 +52,14 @@ def write_ready_file(path: Path, content: dict) -> None:
 @click.option("--latency", default=0.0, show_default=True, type=float, help="Seconds added to every command.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the addresses here (JSON) once serving.")
-def main(boards, host, scpi_port, mcpha_port, rate, seed, independent, noise, baseline, polarity,
-         bandwidth, latency, ready_file) -> None:
+def main(boards, host, scpi_port, mcpha_port, rate, seed, independent, common_trigger, noise, baseline,
+         polarity, bandwidth, latency, ready_file) -> None:
     """Emulate Red Pitaya STEMlab 125-14 boards (SCPI and MCPHA servers)."""
     try:
         cfg = EmulatorConfig(boards=tuple(boards), host=host, scpi_ports=_ports(scpi_port, len(boards)),
                              mcpha_ports=_ports(mcpha_port, len(boards)), rate=rate, seed=seed,
-                             shared=not independent, noise=noise, baseline=baseline, polarity=polarity,
-                             bandwidth=bandwidth, latency=latency)
+                             shared=not independent, common_trigger=common_trigger, noise=noise,
+                             baseline=baseline, polarity=polarity, bandwidth=bandwidth, latency=latency)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     stop = threading.Event()

@@ -18,7 +18,9 @@ class EmulatorConfig:
 
     scpi_ports / mcpha_ports: None lets the OS pick free ports, else one port per board.
     rate: pulses per second on the timeline; shared: one timeline for all boards (the
-    modules of one detector) or one each.  bandwidth: link bit/s per board (None:
+    modules of one detector) or one each.  common_trigger: the boards' SCPI acquisitions
+    trigger together, busy-gated, on the first board's trigger (`emulator.triggergroup`),
+    so their n-th captures are one event.  bandwidth: link bit/s per board (None:
     unlimited); latency: seconds added before each command is executed.
     """
 
@@ -29,6 +31,7 @@ class EmulatorConfig:
     rate: float = 1000.0
     seed: int = 0
     shared: bool = True
+    common_trigger: bool = False
     amplitude: tuple[Component, ...] = field(default_factory=default_spectrum)
     rise_ns: float = 16.0
     decay_ns: float = 800.0
@@ -53,8 +56,9 @@ class EmulatorConfig:
         _check_number("rate", self.rate, problems, low=0.0, high=MAX_RATE)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             problems.append(f"seed: expected an integer >= 0, got {self.seed!r}")
-        if not isinstance(self.shared, bool):
-            problems.append(f"shared: expected True or False, got {self.shared!r}")
+        for name in ("shared", "common_trigger"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name}: expected True or False, got {getattr(self, name)!r}")
         _check_spectrum(self.amplitude, problems)
         _check_number("rise_ns", self.rise_ns, problems, low=0.0)
         _check_number("decay_ns", self.decay_ns, problems, low=0.0, open_low=True)

@@ -11,10 +11,15 @@ from emulator.link import Link
 from emulator.server import TcpService
 from emulator.signal import BoardSignal
 from emulator.timeline import Clock, Timeline
+from emulator.triggergroup import TriggerGroup
 
 
 class Emulator:
-    """Start with `start()` or `with`; `close()` stops and joins everything (idempotent)."""
+    """Start with `start()` or `with`; `close()` stops and joins everything (idempotent).
+
+    With `common_trigger`, `trigger_group` joins the boards' SCPI acquisitions (the first
+    board is the master, see `emulator.triggergroup`); otherwise it is None.
+    """
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = cfg = config or EmulatorConfig()
@@ -23,11 +28,13 @@ class Emulator:
         self._boards: dict[str, Board] = {}
         self._scpi: dict[str, TcpService] = {}
         self._mcpha: dict[str, TcpService] = {}
+        self.trigger_group = TriggerGroup(cfg.boards, self.clock) if cfg.common_trigger else None
         shared = self._timeline(0)
         for i, name in enumerate(cfg.boards):
             timeline = shared if cfg.shared else self._timeline(i + 1)
             signal = BoardSignal(timeline, cfg.seed, i, cfg.noise, cfg.baseline, cfg.rise_ns, cfg.decay_ns)
-            board = Board(name, i, signal, self.clock, Link(cfg.bandwidth, cfg.latency))
+            link = Link(cfg.bandwidth, cfg.latency)
+            board = Board(name, i, signal, self.clock, link, self.trigger_group)
             self._boards[name] = board
             for kind, module, ports, table in (("scpi", scpi, cfg.scpi_ports, self._scpi),
                                                ("mcpha", mcpha, cfg.mcpha_ports, self._mcpha)):

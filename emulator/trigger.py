@@ -31,6 +31,8 @@ EXT_WIDTH_NS = 100.0
 DENSE_CHUNK = 1 << 16
 #: Most samples one `advance` call scans densely (keeps a poll answer prompt).
 DENSE_BUDGET = 1 << 22
+#: How far ahead of real time a pulse-driven SCPI trigger search may look (it is cheap there).
+LOOKAHEAD_NS = 1e9
 
 
 def crossings(x: np.ndarray, level: float, rising: bool) -> np.ndarray:

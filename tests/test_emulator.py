@@ -9,11 +9,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from coordinator.topology.model import Component
 from emulator import Emulator, EmulatorConfig
@@ -319,6 +322,120 @@ def test_boards_share_or_not_the_event_timeline(shared):
             assert np.min(np.abs(events_a - t_a)) <= 64
             assert (np.min(np.abs(events_a - t_b)) <= 64) == shared
         assert any(t_a == t_b for t_a, t_b in times) == shared
+
+
+# ---- common trigger ------------------------------------------------------------------------------
+def common_emulator() -> Emulator:
+    return Emulator(EmulatorConfig(boards=("a", "b"), rate=2000.0, seed=7, amplitude=STRONG, common_trigger=True))
+
+
+def capture_loop(emu: Emulator, name: str, n: int, pause: float, out: dict) -> None:
+    """The documented loop, n times: START, TRig, STAT? until TD, FILL? until 1, read around TPOS."""
+    try:
+        c = Scpi(emu.scpi_address(name))
+        c.send("ACQ:RST", "ACQ:DATA:FORMAT BIN", "ACQ:DATA:Units RAW", "ACQ:TRig:LEV 0.25")
+        times, waves = [], []
+        for _ in range(n):
+            c.send("ACQ:START")
+            time.sleep(pause / 2)                       # the pretrigger wait, longer on the slow board
+            c.send("ACQ:TRig CH1_PE")
+            c.wait_for("ACQ:TRig:STAT?", "TD")
+            times.append(emu.board(name).last_trigger_ns())
+            c.wait_for("ACQ:TRig:FILL?", "1")
+            tpos = int(c.ask("ACQ:TPOS?"))
+            waves.append(np.frombuffer(c.block(f"ACQ:SOUR1:DATA:STArt:N? {(tpos - 8) % 16384},32"), ">i2"))
+            time.sleep(pause / 2)                       # the slow board takes longer to read out
+        c.close()
+        out[name] = (times, np.array(waves))
+    except Exception as exc:                            # reported by the test thread
+        out[name] = exc
+
+
+def still_waiting(c: Scpi, seconds: float) -> bool:
+    """STAT? answers WAIT at every poll for `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if c.ask("ACQ:TRig:STAT?") != "WAIT":
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("slow", ["a", "b"])          # the master, then the slave, reads out slowly
+def test_common_trigger_boards_capture_the_same_events(slow):
+    n, level = 20, int(0.25 * 8192)
+    with common_emulator() as emu:
+        out: dict = {}
+        threads = [threading.Thread(target=capture_loop, args=(emu, name, n, 0.02 if name == slow else 0.0, out))
+                   for name in ("a", "b")]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=30)
+        assert not any(th.is_alive() for th in threads)
+        for name in ("a", "b"):
+            assert not isinstance(out.get(name), Exception), out.get(name)
+        (times_a, waves_a), (times_b, waves_b) = out["a"], out["b"]
+        assert times_a == times_b and len(set(times_a)) == n          # the same n events, in order
+        assert [emu.board(name).stats["triggers"] for name in ("a", "b")] == [n, n]
+        assert emu.trigger_group.rounds == n
+        events, _ = emu.board("a").events(0, emu.clock.now_ns() / 1e9 + 1)
+        assert all(np.min(np.abs(events - t)) <= 64 for t in times_a)  # each on the rise of a pulse
+        assert np.all(waves_a[:, 7] <= level) and np.all(waves_a[:, 8] >= level)  # the master's edge at TPOS
+        assert np.all(np.abs(waves_a.astype(int) - waves_b) < 200)     # the slave: same pulse, own noise
+
+
+def test_common_trigger_a_board_not_armed_holds_the_group():
+    with common_emulator() as emu:
+        group = emu.trigger_group
+        a, b = Scpi(emu.scpi_address("a")), Scpi(emu.scpi_address("b"))
+        a.send("ACQ:RST", "ACQ:START", "ACQ:TRig NOW")     # the master alone would fire at once
+        b.send("ACQ:RST")
+        assert still_waiting(a, 0.3) and group.waiting_for() == ("b",)
+        before = emu.clock.now_ns()
+        b.send("ACQ:START", "ACQ:TRig CH2_NE")             # a slave's own source only arms it
+        for c in (a, b):
+            c.wait_for("ACQ:TRig:STAT?", "TD")
+        first = emu.board("a").last_trigger_ns()
+        assert first == emu.board("b").last_trigger_ns() and first >= before   # at the latest arming
+        # the slave waits for the master; stopped, reset and reconnected without a trigger it
+        # stays in round 2 (STOP keeps the source register: a START alone would arm it again)
+        b.send("ACQ:START", "ACQ:TRig CH1_PE")
+        assert still_waiting(b, 0.2) and group.waiting_for() == ("a",)
+        b.send("ACQ:STOP")
+        assert b.ask("*OPC?") == "1" and group.waiting_for() == ("a", "b")
+        b.send("ACQ:RST")
+        a.send("ACQ:START", "ACQ:TRig NOW")
+        assert still_waiting(a, 0.2) and group.waiting_for() == ("b",)
+        b.close()
+        b = Scpi(emu.scpi_address("b"))
+        b.send("ACQ:START", "ACQ:TRig CH1_PE")
+        for c in (a, b):
+            c.wait_for("ACQ:TRig:STAT?", "TD")
+        second = emu.board("a").last_trigger_ns()
+        assert second == emu.board("b").last_trigger_ns() and second > first
+        assert group.rounds == 2 and [emu.board(x).stats["triggers"] for x in ("a", "b")] == [2, 2]
+        a.send("ACQ:START", "ACQ:TRig NOW")                # left waiting for b: close() still ends it
+        assert a.ask("ACQ:TRig:STAT?") == "WAIT"
+        a.close()
+        b.close()
+
+
+def test_common_trigger_in_config_cli_and_coordinator_settings():
+    from coordinator.emulated import emulator_settings
+    from coordinator.topology.model import EmulatorSettings
+
+    with pytest.raises(ValueError, match="common_trigger"):
+        EmulatorConfig(common_trigger="yes")
+    assert EmulatorConfig().common_trigger is False and Emulator().trigger_group is None
+    topo = SimpleNamespace(emulator=EmulatorSettings(common_trigger=True), emulated_boards=lambda: ["rp1", "rp2"])
+    settings = emulator_settings(topo)
+    assert settings["common_trigger"] is True
+    amplitude = tuple(Component(**c) for c in settings.pop("amplitude"))
+    cfg = EmulatorConfig(boards=tuple(settings.pop("boards")), amplitude=amplitude, **settings)
+    assert Emulator(cfg).trigger_group.names == ("rp1", "rp2")
+    from emulator.cli import main
+    assert "--common-trigger" in CliRunner().invoke(main, ["--help"]).output
 
 
 # ---- MCPHA ---------------------------------------------------------------------------------------
