@@ -20,8 +20,11 @@ from typing import Any
 import numpy as np
 import zmq
 
+import time
+
+from coordinator.dispatch import DispatchSchedule
 from coordinator.ranges import RangeSet
-from coordinator.wire import ProtocolError, pack_frames_header, unpack_data_header
+from coordinator.wire import ProtocolError, pack_frames_header, pack_gap, unpack_data_header
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ ZERO_COPY_MIN = 64 * 1024   # below this a copy is cheaper than tracking the sen
 
 class Shipper:
     def __init__(self, ring: Any, sock: zmq.Socket, run: int, stream: str, module: str,
-                 peers: list[str], batch_max: int) -> None:
+                 peers: list[str], batch_max: int, schedule: DispatchSchedule | None = None) -> None:
         self.ring = ring
         self.sock = sock
         self.run = run
@@ -49,6 +52,9 @@ class Shipper:
         self.messages = 0
         self.rejected = 0
         self._rr = 0
+        self.schedule = schedule              # None: any receiver with credit (load sharing)
+        self.stalled = {p: 0.0 for p in peers}   # s the head of the ring waited for this peer's credit
+        self._stall: tuple[str, float] | None = None
 
     # -- incoming credits -------------------------------------------------------------
     def on_readable(self) -> None:
@@ -121,6 +127,31 @@ class Shipper:
             skip -= len(view)
         return self.ring.records[:0]
 
+    def _next_scheduled(self, pending: int) -> tuple[str | None, np.ndarray | None]:
+        """The head of the ring up to the end of its dispatch block, and the block's owner."""
+        head = self._next_records(1)
+        if len(head) == 0:
+            return None, None
+        seq = int(head["seq"][0])
+        peer = self.schedule.owner(seq, self.lost)
+        if peer is None:
+            return None, None
+        if self.credits[peer] <= 0:
+            if self._stall is None or self._stall[0] != peer:
+                self._stall = (peer, time.monotonic())
+            return None, None
+        recs = self._next_records(min(pending, self.credits[peer], self.batch_max))
+        end = self.schedule.block_end(seq)
+        if int(recs["seq"][-1]) >= end:
+            recs = recs[:int(np.searchsorted(recs["seq"], end))]
+        return peer, recs
+
+    def _end_stall(self) -> None:
+        if self._stall is not None:
+            peer, since = self._stall
+            self.stalled[peer] += time.monotonic() - since
+            self._stall = None
+
     def pump(self) -> int:
         """Send as much as credits allow; returns frames sent."""
         self.reap()
@@ -129,10 +160,16 @@ class Shipper:
             pending = self.pending()
             if pending <= 0:
                 break
-            peer = self._pick_peer()
-            if peer is None:
-                break
-            recs = self._next_records(min(pending, self.credits[peer], self.batch_max))
+            if self.schedule is not None:
+                peer, recs = self._next_scheduled(pending)
+                if peer is None:
+                    break
+                self._end_stall()
+            else:
+                peer = self._pick_peer()
+                if peer is None:
+                    break
+                recs = self._next_records(min(pending, self.credits[peer], self.batch_max))
             if len(recs) == 0:
                 break
             if not self._send(peer, recs):
@@ -141,6 +178,20 @@ class Shipper:
             self.credits[peer] -= n
             sent += n
         return sent
+
+    def notice_gap(self, first: int, last: int, cause: str) -> None:
+        """Scheduled dispatch: tell every receiver that these seqs will never come from us, so
+        their event builders need not wait for them (no credit needed: it carries no frame)."""
+        if self.schedule is None:
+            return
+        msg = pack_gap(self.run, self.stream, self.module, first, last, cause)
+        for peer in self.credits:
+            if peer in self.lost:
+                continue
+            try:
+                self.sock.send_multipart([peer.encode(), msg], flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:
+                log.warning("gap notice to %s not sent: %s", peer, exc.strerror)
 
     def _send(self, peer: str, recs: np.ndarray) -> bool:
         header = pack_frames_header(self.run, self.stream, self.module, recs)
@@ -196,6 +247,7 @@ class Shipper:
             "send_failed": self.send_failed.to_list(),
             "sent_frames": self.sent_frames, "sent_bytes": self.sent_bytes,
             "messages": self.messages, "rejected": self.rejected,
+            "stalled_s": {p: round(t, 3) for p, t in self.stalled.items()},
         }
 
 

@@ -14,7 +14,9 @@ from typing import Any
 from coordinator.ranges import RangeSet
 
 CAUSES = ("ring_overrun", "source_error", "send_failed", "node_lost", "incomplete_event",
-          "corrupt", "vetoed")
+          "corrupt", "vetoed", "stage_error")
+#: Causes a processing node books itself (what it did with, or could not do with, a part).
+PROC_CAUSES = ("vetoed", "corrupt", "stage_error", "incomplete_event")
 
 
 @dataclass(frozen=True)
@@ -79,14 +81,15 @@ def balance(modules: dict[str, int | None], acq_reports: dict[str, dict | None],
 
     for module, produced in modules.items():
         acq = acq_reports.get(module) or {}
-        saved, vetoed_by, corrupt_by, claimed = RangeSet(), {}, {}, 0
+        saved, claimed = RangeSet(), 0
+        by_cause: dict[str, dict[str, RangeSet]] = {c: {} for c in PROC_CAUSES}
         for proc, rep in proc_reports.items():
             if not rep:
                 continue
             s = RangeSet(rep.get("saved", {}).get(module, []))
             claimed += s.count()
             saved.update(s)
-            for cause, by in (("vetoed", vetoed_by), ("corrupt", corrupt_by)):
+            for cause, by in by_cause.items():
                 r = RangeSet(rep.get(cause, {}).get(module, []))
                 if len(r):
                     by[proc] = r
@@ -96,23 +99,30 @@ def balance(modules: dict[str, int | None], acq_reports: dict[str, dict | None],
         universe = RangeSet([(0, produced)])
         saved = saved.intersection(universe)
         rest = universe.difference(saved)
-        for cause, by in (("vetoed", vetoed_by), ("corrupt", corrupt_by)):
-            for proc, r in by.items():
-                part = rest.intersection(r)
-                record(part, module, cause, proc)
-                rest = rest.difference(part)
+
+        def take(ranges: RangeSet, cause: str, node: str) -> None:
+            nonlocal rest
+            part = rest.intersection(ranges)
+            record(part, module, cause, node)
+            rest = rest.difference(part)
+
+        # root causes at the source first: a part lost there explains why an event was incomplete
         for cause, ranges in acq.get("gaps", {}).items():
-            part = rest.intersection(RangeSet(ranges))
-            record(part, module, cause, module)
-            rest = rest.difference(part)
-        part = rest.intersection(RangeSet(acq.get("send_failed", [])))
-        record(part, module, "send_failed", module)
-        rest = rest.difference(part)
+            take(RangeSet(ranges), cause, module)
+        take(RangeSet(acq.get("send_failed", [])), "send_failed", module)
+        for cause, by in by_cause.items():
+            for proc, r in by.items():
+                take(r, cause, proc)
+        for proc, rep in proc_reports.items():       # handed on by a forward stage, never saved
+            if not rep:
+                continue
+            take(RangeSet(rep.get("forward_failed", {}).get(module, [])), "send_failed", proc)
+            for peer, by in rep.get("forwarded", {}).items():
+                lost_peer = peer in lost or not proc_reports.get(peer)
+                take(RangeSet(by.get(module, [])), "node_lost" if lost_peer else "send_failed", peer)
         for proc, ranges in acq.get("shipped", {}).items():
-            part = rest.intersection(RangeSet(ranges))
             lost_proc = proc in lost or not proc_reports.get(proc)
-            record(part, module, "node_lost" if lost_proc else "send_failed", proc)
-            rest = rest.difference(part)
+            take(RangeSet(ranges), "node_lost" if lost_proc else "send_failed", proc)
         # nobody claims these: the acquisition node was lost before saying where they went
         record(rest, module, "node_lost" if (module in lost or not acq) else "send_failed", module)
         produced_out[module] = produced

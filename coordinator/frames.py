@@ -26,6 +26,13 @@ HEADER_SIZE = int(np.dtype(HEADER_FIELDS).itemsize)
 FLAG_SATURATED = 1 << 0   # a sample hit the digitiser's range
 FLAG_SOURCE_WARNING = 1 << 1  # the source reported something odd about this frame
 FLAG_TIME_APPROX = 1 << 2   # timestamp is the host's time of the readout, not the board's trigger time
+FLAG_INCOMPLETE = 1 << 3    # event: a module's part never arrived (see the event's `present` mask)
+FLAG_TIME_MISMATCH = 1 << 4  # event: its parts' timestamps differ by more than the tolerance
+
+#: Flag names as the topology and files spell them.
+FLAG_BITS = {"saturated": FLAG_SATURATED, "source_warning": FLAG_SOURCE_WARNING,
+             "time_approx": FLAG_TIME_APPROX, "incomplete": FLAG_INCOMPLETE,
+             "time_mismatch": FLAG_TIME_MISMATCH}
 
 #: Channel sample types accepted in a topology (numeric scalars only).
 CHANNEL_KINDS = "iuf"

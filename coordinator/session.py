@@ -23,6 +23,7 @@ import zmq
 
 from coordinator.books import Books, balance
 from coordinator.control import ControlServer, StartupError
+from coordinator.dispatch import DispatchSchedule
 from coordinator.emulated import StartupFailure, board_address, start_emulator
 from coordinator.launcher import LocalLauncher
 from coordinator.nodefiles import clear_write_flags, saved_in_file
@@ -195,15 +196,21 @@ class Coordinator:
         resolved = self.topo.to_dict()
         base = {"run": self.rundir.number, "topology": resolved, "run_dir": str(self.rundir.path)}
         acqs = [n for n in self.nodes.values() if n.role == "acquisition"]
-        procs = [n for n in self.nodes.values() if n.role == "processing"]
+        procs = [self.nodes[p] for p in self.topo.processing_order()]
+        self.schedules = self._initial_schedules()
         for n in acqs:
-            self.ctl.send(n.name, "configure", **base, params={"frames": self.topo.run.frames,
-                                                                 "boards": boards})
+            self.ctl.send(n.name, "configure", **base, params={
+                "frames": self.topo.run.frames, "boards": boards,
+                "schedule": {s: d.to_dict() for s, d in self.schedules.items()}})
         self._wait(lambda: all(n.info for n in acqs), timeout, "configuration of acquisition nodes")
         endpoints = {n.name: n.info["endpoint"] for n in acqs}
-        for n in procs:
-            self.ctl.send(n.name, "configure", **base, params={"endpoints": endpoints})
-        self._wait(lambda: all(n.info for n in procs), timeout, "configuration of processing nodes")
+        chained = self.topo.chained()
+        for stage in (False, True):     # a chain's second stage needs the first stage's endpoint
+            group = [n for n in procs if (n.name in chained) == stage]
+            for n in group:
+                self.ctl.send(n.name, "configure", **base, params={"endpoints": endpoints})
+            self._wait(lambda g=group: all(n.info for n in g), timeout, "configuration of processing nodes")
+            endpoints.update({n.name: n.info["forward_endpoint"] for n in group if n.info.get("forward_endpoint")})
         self.sm.fire("configure")
 
         for group in (procs, acqs):   # receivers first, so credit is there when frames come
@@ -237,13 +244,31 @@ class Coordinator:
     def _drain(self, acqs: list[NodeStatus], procs: list[NodeStatus]) -> None:
         """Stop sources, let frames in flight arrive, collect every node's end-of-run report.
 
-        Requests are re-sent until answered: the end of a run never hangs on one message.
+        Processing nodes end in chain order: a second stage learns how many events to expect
+        from the first stage's report.  Requests are re-sent until answered: the end of a run
+        never hangs on one message.
         """
         limit = self.topo.run.drain_timeout + 5.0
         self._request_until(acqs, "stop", {"reason": self.stop_reason}, limit)
-        for n in procs:
-            n.expect = {a.name: shipped_count(a.eor, n.name) for a in acqs}
-        self._request_until(procs, "end", None, limit)
+        depth: dict[str, int] = {}
+        for name in self.topo.processing_order():
+            depth[name] = max([depth[u] + 1 for u in self.topo.upstreams(name) if u in depth], default=0)
+        for level in sorted(set(depth.values())):
+            group = [self.nodes[p] for p, d in depth.items() if d == level]
+            for n in group:
+                n.expect = {up: (shipped_count(self.nodes[up].eor, n.name) if up in self.topo.acquisition
+                                 else (self.nodes[up].eor or {}).get("forward_counts", {}).get(n.name, 0))
+                            for up in self.topo.upstreams(n.name)}
+            self._request_until(group, "end", None, limit)
+
+    def _initial_schedules(self) -> dict[str, DispatchSchedule]:
+        """Dispatch schedules of the streams whose events need every part on one node."""
+        out = {}
+        for s in self.topo.streams.values():
+            if s.scheduled:
+                receivers = [p for p in self.topo.processing if s.modules[0] in self.topo.upstreams(p)]
+                out[s.name] = DispatchSchedule.start(s.dispatch_block, receivers)
+        return out
 
     def _request_until(self, nodes: list[NodeStatus], t: str, fields: dict | None, limit: float) -> None:
         deadline = time.monotonic() + (0.0 if self.abort else limit)

@@ -47,6 +47,7 @@ CONTROL_SCHEMA: dict[str, dict[str, Any]] = {
     "stop": {"reason": str},
     "end": {"expect": dict},
     "peer_lost": {"peer": str},
+    "schedule": {"stream": str, "schedule": dict},
     "shutdown": {},
     # both ways
     "heartbeat": {},
@@ -56,9 +57,19 @@ DATA_SCHEMA: dict[str, dict[str, Any]] = {
     # acquisition -> processing: n records follow in one payload part
     "frames": {"run": int, "stream": str, "module": str, "n": int, "first": int, "last": int,
                "itemsize": int},
-    # processing -> acquisition: permission to send n more frames
+    # processing -> acquisition: permission to send n more frames (or events, between processing nodes)
     "credit": {"n": int, "run": int},
+    # acquisition -> processing (dispatch by schedule): these seqs of `module` will never come
+    "gap": {"run": int, "stream": str, "module": str, "first": int, "last": int, "cause": str},
+    # processing -> processing (forward/copy): n built events, their parts and their tables
+    "events": {"run": int, "stream": str, "n": int, "first": int, "last": int, "modules": list,
+               "tables": dict, "itemsize": int},
 }
+
+#: Column types a forwarded table may carry (anything else is rejected).
+TABLE_TYPES = {"<u8", "<u4", "<u2", "|u1", "<i8", "<i4", "<i2", "|i1", "<f8", "<f4", "|b1"}
+#: The events table of a forwarded batch (seq, timestamp, flags, present), as procnode.events has it.
+EVENT_FIELDS = [("seq", "<u8"), ("timestamp", "<u8"), ("flags", "<u4"), ("present", "<u4")]
 
 
 def _check(msg: Any, schema: dict[str, dict[str, Any]], what: str) -> dict:
@@ -136,3 +147,69 @@ def records_from_payload(header: dict, parts: Sequence[Any], dtype: np.dtype) ->
     if n > 1 and not bool(np.all(seq[1:] > seq[:-1])):
         raise ProtocolError("frames message: seqs not strictly increasing")
     return records
+
+
+def pack_gap(run: int, stream: str, module: str, first: int, last: int, cause: str) -> bytes:
+    return msgpack.packb({"v": PROTOCOL_VERSION, "t": "gap", "run": run, "stream": stream, "module": module,
+                          "first": first, "last": last, "cause": cause})
+
+
+def pack_events(run: int, stream: str, events: np.ndarray, parts: dict[str, np.ndarray],
+                tables: dict[str, np.ndarray], itemsize: int) -> list[Any]:
+    """[header, events, one part per module, one buffer per table]: what a forward stage sends."""
+    header = msgpack.packb({
+        "v": PROTOCOL_VERSION, "t": "events", "run": run, "stream": stream, "n": len(events),
+        "first": int(events["seq"][0]), "last": int(events["seq"][-1]), "modules": list(parts),
+        "tables": {name: [[c, t.dtype.fields[c][0].str] for c in t.dtype.names] for name, t in tables.items()},
+        "itemsize": itemsize})
+    return [header, np.ascontiguousarray(events), *(np.ascontiguousarray(p) for p in parts.values()),
+            *(np.ascontiguousarray(t) for t in tables.values())]
+
+
+def _table_dtype(name: str, columns: Any) -> np.dtype:
+    if not isinstance(columns, list) or not columns or not all(
+            isinstance(c, list) and len(c) == 2 and isinstance(c[0], str) and c[0].isidentifier()
+            and c[1] in TABLE_TYPES for c in columns):
+        raise ProtocolError(f"events message: table {name!r} has a bad column list")
+    names = [c[0] for c in columns]
+    if "seq" not in names or len(set(names)) != len(names):
+        raise ProtocolError(f"events message: table {name!r} needs one 'seq' column and unique names")
+    return np.dtype([(c, t) for c, t in columns])
+
+
+def events_from_payload(header: dict, parts: Sequence[Any], dtype: np.dtype,
+                        modules: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Zero-copy views (events, parts by module, tables by name) of an `events` message, checked."""
+    n = header["n"]
+    mods, tables = header["modules"], header["tables"]
+    if not all(isinstance(m, str) and m in modules for m in mods) or len(set(mods)) != len(mods):
+        raise ProtocolError(f"events message: modules {mods!r} are not modules of stream {header['stream']!r}")
+    if mods and header["itemsize"] != dtype.itemsize:
+        raise ProtocolError(f"events message: record size {header['itemsize']} B, stream has {dtype.itemsize} B")
+    if len(parts) != 1 + len(mods) + len(tables):
+        raise ProtocolError(f"events message: {len(parts)} payload parts for {len(mods)} modules and "
+                            f"{len(tables)} tables")
+    if n < 1:
+        raise ProtocolError("events message: n < 1")
+    ev_dtype = np.dtype(EVENT_FIELDS)
+
+    def view(buf: Any, dt: np.dtype, count: int | None, what: str) -> np.ndarray:
+        mv = memoryview(buf)
+        if count is not None and mv.nbytes != count * dt.itemsize or mv.nbytes % dt.itemsize:
+            raise ProtocolError(f"events message: {what} has {mv.nbytes} bytes")
+        return np.frombuffer(mv, dtype=dt)
+
+    events = view(parts[0], ev_dtype, n, "the events table")
+    seq = events["seq"]
+    if int(seq[0]) != header["first"] or int(seq[-1]) != header["last"] or \
+            (n > 1 and not bool(np.all(seq[1:] > seq[:-1]))):
+        raise ProtocolError("events message: seqs do not match the header or are not increasing")
+    out_parts = {m: view(parts[1 + i], dtype, n, f"part {m!r}") for i, m in enumerate(mods)}
+    out_tables = {}
+    for j, (name, columns) in enumerate(tables.items()):
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ProtocolError(f"events message: bad table name {name!r}")
+        out_tables[name] = view(parts[1 + len(mods) + j], _table_dtype(name, columns), None, f"table {name!r}")
+        if len(out_tables[name]) and not np.isin(out_tables[name]["seq"], seq).all():
+            raise ProtocolError(f"events message: table {name!r} has rows of events not in the message")
+    return events, out_parts, out_tables

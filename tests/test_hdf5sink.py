@@ -1,8 +1,10 @@
 """The processing node's HDF5 sink: staged, chunk-aligned writes keep every row, whatever the batching."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -10,7 +12,8 @@ import pytest
 
 from coordinator.nodefiles import clear_write_flags, lookup3, saved_in_file
 from coordinator.topology.model import StreamConfig
-from procnode.hdf5sink import HDF5Sink
+from procnode.hdf5sink import HDF5File, raw_writer
+from procnode.units import Axis
 
 STREAM = StreamConfig("s", 64, {"IN1": "int16", "IN2": "float32"}, ("a", "b"))
 
@@ -24,10 +27,23 @@ def _frames(first: int, n: int) -> np.ndarray:
     return r
 
 
+def _sink(path, stream, compression=None, chunk_frames=None):
+    """A node file with one stream's raw group; `write(module, records)` appends frames."""
+    f = HDF5File(path, 1, "p", {})
+    axes = {ch: Axis(8.0, -64.0, 1.0, "V") if "float" in dt else Axis(8.0, -64.0, 1 / 8192, "V")
+            for ch, dt in stream.channels.items()}
+    w = raw_writer(f, stream, axes, {"compression": compression} if compression else {}, chunk_frames)
+    f.start()
+
+    def write(module, r):
+        cols = {name: r[name] for name in ("seq", "timestamp", "flags", *stream.channels)}
+        w.append({**cols, "module": stream.modules.index(module)}, len(r))
+    return f, write
+
+
 @pytest.mark.parametrize("compression", [None, "gzip"])
 def test_random_batches_and_flushes_keep_every_row(tmp_path, compression):
-    sink = HDF5Sink(tmp_path / "x.h5", [(STREAM, (8.0, 8))], 1, "p", {}, compression=compression,
-                    chunk_frames=16)
+    sink, write = _sink(tmp_path / "x.h5", STREAM, compression, chunk_frames=16)
     rng = np.random.default_rng(0)
     seq, ref, modules = 0, [], []
     for _ in range(150):
@@ -37,7 +53,7 @@ def test_random_batches_and_flushes_keep_every_row(tmp_path, compression):
         seq += n
         ref.append(r)
         modules.append(np.full(n, "ab".index(module)))
-        sink.write("s", module, r)
+        write(module, r)
         if rng.random() < 0.2:
             sink.flush()   # leaves a partial chunk: later whole chunks are no longer aligned to it
     sink.close()
@@ -59,15 +75,16 @@ def test_crashed_writer_file_is_salvaged_and_repaired(tmp_path):
     code = f"""
 import os, numpy as np
 from coordinator.topology.model import StreamConfig
-from procnode.hdf5sink import HDF5Sink
+from test_hdf5sink import _sink
 st = StreamConfig("s", 64, {{"IN1": "int16"}}, ("a",))
-sink = HDF5Sink({str(path)!r}, [(st, (8.0, 8))], 1, "p", {{}})
+sink, write = _sink({str(path)!r}, st)
 r = np.zeros(100, st.dtype); r["seq"] = np.arange(100)
-sink.write("s", "a", r); sink.flush()
-r["seq"] += 100; sink.write("s", "a", r)   # staged, never flushed
+write("a", r); sink.flush()
+r["seq"] += 100; write("a", r)   # staged, never flushed
 os._exit(9)
 """
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 9
     with pytest.raises(OSError, match="already open for write"):
         h5py.File(path, "r")
     assert saved_in_file(path) == {"a": [(0, 100)]}     # readable in SWMR mode as it is

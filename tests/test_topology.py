@@ -25,8 +25,8 @@ BAD = sorted((HERE / "topologies" / "bad").glob("*.yaml"))
 GOOD = sorted((HERE / "topologies" / "good").glob("*.yaml"))
 LOOPBACK = HERE.parent / "topologies" / "loopback.yaml"
 
-SAVE_DEFAULTS = {"format": "hdf5", "compression": None, "compression_level": None,
-                 "chunk_frames": None, "flush_interval": 1.0}
+SAVE_DEFAULTS = {"format": "hdf5", "mode": "full", "table": "pulses", "window": (16, 48), "compression": None,
+                 "compression_level": None, "chunk_frames": None, "flush_interval": 1.0, "data": "both"}
 
 
 def _header(path: Path) -> tuple[str, int | None]:

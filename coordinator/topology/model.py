@@ -175,6 +175,12 @@ class StreamConfig:
     channels: dict[str, str]           # channel name -> dtype text, in order
     modules: tuple[str, ...]           # acquisition nodes contributing one part of every event
     dispatch: Literal["full", "partial"] = "full"
+    dispatch_block: int = 64           # seqs per block of the dispatch schedule (full, several modules)
+
+    @property
+    def scheduled(self) -> bool:
+        """All parts of an event must meet on one procnode: dispatch by schedule, not by credit."""
+        return self.dispatch == "full" and len(self.modules) > 1
 
     @property
     def dtype(self) -> np.dtype:
@@ -195,8 +201,17 @@ class AcquisitionConfig:
 
 @dataclass(frozen=True)
 class StageConfig:
-    stage: str                         # save | drain (pha, filter, histogram... in issue 4)
+    stage: str                         # pha | filter | histogram | save | forward | copy | crop | user | drain
     params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventBuilding:
+    """How a processing node assembles the parts of one event sent by several modules."""
+
+    timeout: float = 1.0               # s to wait for every part after the first arrived
+    incomplete: Literal["process", "save", "discard"] = "process"
+    time_tolerance_ns: float = 5e6     # parts whose timestamps differ more are flagged
 
 
 @dataclass(frozen=True)
@@ -204,8 +219,15 @@ class ProcessingConfig:
     name: str
     streams: tuple[str, ...]           # streams this node receives
     host: str = LOCALHOST
-    credits: int = 64                  # frames in flight per upstream acquisition node
+    credits: int = 64                  # frames (or events) in flight per upstream node
+    modules: tuple[str, ...] | None = None   # partial dispatch: the modules it receives (None: all)
+    events: EventBuilding = field(default_factory=EventBuilding)
+    on_stage_error: Literal["continue", "stop"] = "continue"
     pipeline: tuple[StageConfig, ...] = (StageConfig("save", {"format": "hdf5"}),)
+
+    def forwards_to(self) -> list[str]:
+        """Processing nodes this one sends events or results on to (forward/copy stages)."""
+        return [st.params["to"] for st in self.pipeline if st.stage in ("forward", "copy")]
 
 
 @dataclass(frozen=True)
@@ -242,15 +264,33 @@ class Topology:
     def nodes(self) -> list[str]:
         return [*self.acquisition, *self.processing]
 
+    def chained(self) -> set[str]:
+        """Processing nodes fed by other processing nodes (second stage of a chain)."""
+        return {t for p in self.processing.values() for t in p.forwards_to()}
+
     def upstreams(self, proc: str) -> list[str]:
-        """Acquisition nodes that send to processing node `proc`."""
-        streams = self.processing[proc].streams
-        return [a.name for a in self.acquisition.values() if a.stream in streams]
+        """Nodes that send to processing node `proc`: acquisition nodes, or for the second
+        stage of a chain, the processing nodes that forward to it."""
+        if proc in self.chained():
+            return [p.name for p in self.processing.values() if proc in p.forwards_to()]
+        cfg = self.processing[proc]
+        return [a.name for a in self.acquisition.values() if a.stream in cfg.streams
+                and (cfg.modules is None or a.name in cfg.modules)]
 
     def downstreams(self, acq: str) -> list[str]:
         """Processing nodes that receive from acquisition node `acq`."""
-        stream = self.acquisition[acq].stream
-        return [p.name for p in self.processing.values() if stream in p.streams]
+        return [p for p in self.processing if acq in self.upstreams(p)]
+
+    def processing_order(self) -> list[str]:
+        """Processing nodes, every one after those that forward to it (end-of-run order)."""
+        done: list[str] = []
+        pending = list(self.processing)
+        while pending:
+            ready = [p for p in pending if all(u in done for u in self.upstreams(p)
+                                               if u in self.processing)]
+            done.extend(ready or pending)    # a cycle is rejected by validation; never loop
+            pending = [p for p in pending if p not in done]
+        return done
 
     def emulated_boards(self) -> list[str]:
         """Acquisition nodes whose board the coordinator emulates."""
@@ -300,6 +340,8 @@ def _plain(obj: Any) -> Any:
         for f in dataclasses.fields(obj):
             if f.name == "name":             # names are the mapping keys
                 continue
+            if f.name == "modules" and isinstance(obj, ProcessingConfig) and obj.modules is None:
+                continue                     # absent means every module
             out[f.name] = _plain(getattr(obj, f.name))
         if "kind" in out and "rate" in out and out["rate"] is None:   # a source: rate None is `max`
             out["rate"] = "max"

@@ -1,0 +1,1 @@
+"""Built-in pipeline stages; `procnode.pipeline` builds them from the topology."""
