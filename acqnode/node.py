@@ -122,7 +122,7 @@ class AcqNode(NodeRuntime):
         if self.state != "configured":
             self.fail(f"{self.name}: start while {self.state}")
             return
-        self._to_reader(t="start")
+        self._to_reader(t="start", epoch_ns=msg.get("epoch_ns"))
         self.state = "running"
         self.send("started")
 

@@ -103,6 +103,8 @@ class Reader:
                 continue
             msg = msgpack.unpackb(self.conn.recv_bytes())
             if msg.get("t") == "start":
+                if msg.get("epoch_ns") and hasattr(self.source, "set_epoch"):
+                    self.source.set_epoch(msg["epoch_ns"])
                 break
             if msg.get("t") == "stop":
                 self.stop_requested = True

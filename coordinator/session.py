@@ -213,9 +213,10 @@ class Coordinator:
             endpoints.update({n.name: n.info["forward_endpoint"] for n in group if n.info.get("forward_endpoint")})
         self.sm.fire("configure")
 
+        epoch_ns = time.time_ns()     # the run's time zero: board timestamps count from it
         for group in (procs, acqs):   # receivers first, so credit is there when frames come
             for n in group:
-                self.ctl.send(n.name, "start")
+                self.ctl.send(n.name, "start", epoch_ns=epoch_ns)
             self._wait(lambda g=group: all(n.started for n in g), timeout, "start")
         self.sm.fire("start")
         self.run_started = time.monotonic()

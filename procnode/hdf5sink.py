@@ -10,9 +10,9 @@ Layout::
         module     (N,)         uint16    index into the attribute `names` (acquisition nodes)
         <channel>  (N, samples) stored values; attrs units, scale (physical unit per stored unit)
         time       (samples,)   float64   ns, 0 at the trigger
-    /entry/<table>              NXcollection, one dataset per column (events, pulses, ...)
+    /entry/reduced/<table>      NXcollection, one dataset per column (events, pulses, ...)
+    /entry/reduced/<table>_windows  NXdata  sparse mode: waveform windows around peaks
     /entry/<histogram>          NXdata    counts (bins,), <field> bin edges (bins + 1,) with units
-    /entry/<table>_windows      NXdata    sparse mode: waveform windows around peaks
     /entry/configuration        NXcollection (resolved topology, node name)
 
 Rows are staged per dataset in contiguous buffers and written a whole number of
@@ -195,6 +195,7 @@ class HDF5File:
         self.last_flush = time.monotonic()
         self.file: h5py.File | None = self._open("w")
         self.entry = self.file.create_group("entry")
+        self.entry.create_group("reduced").attrs["NX_class"] = "NXcollection"
         self.entry.attrs.update({"NX_class": "NXentry", "run": run, "node": node,
                                  "start_time": datetime.now(timezone.utc).isoformat(),
                                  "program_name": "daq-pulses"})
@@ -214,7 +215,8 @@ class HDF5File:
             self.file = self._open("a")
             self.entry = self.file["entry"]
         w = writer_factory(self.entry, *args, **kwargs)
-        if "default" not in self.entry.attrs and isinstance(w, (WaveformWriter, HistogramWriter)):
+        if "default" not in self.entry.attrs and isinstance(w, (WaveformWriter, HistogramWriter)) \
+                and w.path.count("/") == 2:      # /entry/<group>: what a viewer shows first
             self.entry.attrs["default"] = w.path.rsplit("/", 1)[-1]
         self.writers.append(w)
         if swmr:

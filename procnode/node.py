@@ -82,6 +82,7 @@ class ProcNode(NodeRuntime):
             topo, self.name, self.run_no, Path(msg["run_dir"]), self._outbox_for,
             lambda m: self.fail(f"{self.name}: {m}", fatal=False))
         self.axes = ctx.axes
+        self.csv_files = info["csv_files"] = ctx.extra["csv_files"]
         for s in self.streams.values():
             if s.scheduled and not self._chained():
                 ev = self.cfg.events
@@ -354,7 +355,7 @@ class ProcNode(NodeRuntime):
             incomplete.setdefault(m, RangeSet()).update(r)
         out = self.outbox.report() if self.outbox else {}
         self.eor = {"received": self.received, "recv_bytes": self.recv_bytes, "rejected": self.rejected,
-                    "files": [str(f) for f in self.files],
+                    "files": [str(f) for f in self.files], "csv_files": self.csv_files,
                     "saved": {m: r.to_list() for m, r in self.pipeline.saved().items()},
                     "vetoed": {m: r.to_list() for m, r in self.pipeline.vetoed.items()},
                     "stage_error": {m: r.to_list() for m, r in self.pipeline.stage_error.items()},

@@ -31,6 +31,7 @@ class Outbox:
         self.sent: dict[str, dict[str, RangeSet]] = {p: {} for p in peers}
         self.failed: dict[str, RangeSet] = {}
         self.sent_events = 0
+        self.sent_to = {p: 0 for p in peers}        # events per receiver (what it must expect)
         self.rejected = 0
 
     def put(self, peer: str, batch: Any, raw: bool, itemsize: int) -> None:
@@ -81,6 +82,7 @@ class Outbox:
                 q.popleft()
                 self.credits[peer] -= n
                 self.sent_events += n
+                self.sent_to[peer] += n
                 for m, seqs in owned.items():
                     self.sent[peer].setdefault(m, RangeSet()).add_seqs(seqs)
 
@@ -97,7 +99,7 @@ class Outbox:
 
     def report(self) -> dict:
         return {"forwarded": {p: {m: r.to_list() for m, r in by.items()} for p, by in self.sent.items()},
-                "forward_counts": {p: sum(r.count() for r in by.values()) for p, by in self.sent.items()},
+                "forward_counts": dict(self.sent_to),
                 "forward_events": self.sent_events,
                 "forward_failed": {m: r.to_list() for m, r in self.failed.items()},
                 "forward_rejected": self.rejected}

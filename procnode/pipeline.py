@@ -179,9 +179,7 @@ def build_pipeline(topo: Any, node: str, run: int, run_dir: Path, outbox: Callab
         holder["file"].start()
         stages.append(_FileKeeper(holder["file"]))
         labels.append(f"{len(cfg.pipeline)}:file")
-    for st in cfg.pipeline:
-        if st.stage == "save" and st.params.get("format") == "csv":
-            files.extend(sorted(Path(run_dir).glob(f"{node}-*.csv")))
+    ctx.extra["csv_files"] = sorted(str(p) for p in Path(run_dir).glob(f"{node}-*.csv"))
     return Pipeline(stages, labels, cfg.on_stage_error, on_error), ctx, files
 
 

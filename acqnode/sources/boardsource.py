@@ -111,6 +111,13 @@ class BoardSession:
                 "triggers": self.triggers}
 
 
+def monotonic_origin(epoch_ns: int) -> int:
+    """The time.monotonic_ns() value at the run's wall-clock epoch: boards have no trigger clock
+    we can read, so timestamps are host times, and counting them from the coordinator's epoch
+    makes the timestamps of several boards (several hosts, synchronised clocks) comparable."""
+    return time.monotonic_ns() - (time.time_ns() - int(epoch_ns))
+
+
 def stamp(out: np.ndarray, first: int, t_ns: np.ndarray | int, flags: int = 0) -> None:
     """Header of records read from a board (seq, trigger timestamp, flags)."""
     n = len(out)

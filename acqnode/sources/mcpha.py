@@ -13,7 +13,7 @@ import numpy as np
 
 from acqnode.boards.link import BoardError
 from acqnode.boards.mcpha import McphaClient
-from acqnode.sources.boardsource import BoardSession, Readout, stamp
+from acqnode.sources.boardsource import BoardSession, Readout, monotonic_origin, stamp
 from coordinator.frames import FLAG_TIME_APPROX, channel_names
 from coordinator.topology.model import McphaSource, StreamConfig
 
@@ -71,6 +71,9 @@ class McphaFrames:
 
     def frames(self, first: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
         raise TypeError("an MCPHA board triggers frames itself; the reader uses read()")
+
+    def set_epoch(self, epoch_ns: int) -> None:
+        self.t0_ns = monotonic_origin(epoch_ns)
 
     def pace(self, seq: int) -> float:
         return 0.0

@@ -18,8 +18,8 @@ import numpy as np
 
 from acqnode.boards.link import BoardError, BoardTimeout
 from acqnode.boards.scpi import ScpiClient, ScpiError
-from acqnode.sources.boardsource import BoardSession, Readout, stamp
-from coordinator.frames import channel_names
+from acqnode.sources.boardsource import BoardSession, Readout, monotonic_origin, stamp
+from coordinator.frames import FLAG_TIME_APPROX, channel_names
 from coordinator.topology.model import RedPitayaSource, StreamConfig
 
 BUFFER = 16384
@@ -169,11 +169,14 @@ class RedPitayaFrames:
                     dest.byteswap(inplace=True)
             else:
                 dest[:] = self.client.query_values(command, dest.dtype)
-        stamp(rec, seq, t_ns)
+        stamp(rec, seq, t_ns, FLAG_TIME_APPROX)   # the host saw TD: the board gives no trigger time
 
     # -- the reader's interface --------------------------------------------------------------
     def frames(self, first: int, n: int, out: np.ndarray | None = None) -> np.ndarray:
         raise TypeError("a Red Pitaya triggers frames itself; the reader uses read()")
+
+    def set_epoch(self, epoch_ns: int) -> None:
+        self.t0_ns = monotonic_origin(epoch_ns)
 
     def pace(self, seq: int) -> float:
         return 0.0

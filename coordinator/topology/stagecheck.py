@@ -96,13 +96,19 @@ def check_pipelines(ctx: _Context, top: Record, base_dir: Path) -> None:
     streams = top.get("streams") if isinstance(top.get("streams"), dict) else {}
     acq = top.get("acquisition") if isinstance(top.get("acquisition"), dict) else {}
     proc = top.get("processing") if isinstance(top.get("processing"), dict) else {}
-    for name, node in proc.items():
+    incoming: dict[str, dict[str, set[str] | None]] = {}     # chain target -> tables sent to it
+    targets = {st.get("to") for node in proc.values() for st in _pipeline(node)
+               if st.get("stage") in ("forward", "copy")}
+    order = [n for n in proc if n not in targets] + [n for n in proc if n in targets]
+    for name in order:
+        node = proc[name]
         if isinstance(node, Record):
-            _check_pipeline(ctx, name, node, _Channels(streams, acq, node), base_dir)
+            _check_pipeline(ctx, name, node, _Channels(streams, acq, node), base_dir, incoming)
 
 
-def _check_pipeline(ctx: _Context, name: str, node: Record, channels: _Channels, base_dir: Path) -> None:
-    tables: dict[str, set[str] | None] = {}     # table -> its columns (None: made by a user stage)
+def _check_pipeline(ctx: _Context, name: str, node: Record, channels: _Channels, base_dir: Path,
+                    incoming: dict[str, dict[str, set[str] | None]]) -> None:
+    tables: dict[str, set[str] | None] = dict(incoming.get(name, {}))   # table -> columns (None: a user's)
     user_before = False
     formats: dict[str, int] = {}
     histograms: dict[str, int] = {}
@@ -179,6 +185,8 @@ def _check_pipeline(ctx: _Context, name: str, node: Record, channels: _Channels,
             user_before = True
             if st.get("name"):
                 tables[st["name"]] = None
+        elif kind in ("forward", "copy") and st.get("data", "both") != "raw" and isinstance(st.get("to"), str):
+            incoming.setdefault(st["to"], {}).update(tables)
         if kind in TERMINAL:
             ended_by = kind
     if not any(isinstance(st, Record) and st.get("stage") in DISPOSING for st in stages):

@@ -60,6 +60,10 @@ class SaveStage(Stage):
     def _table_name(self, stream: str, name: str) -> str:
         return name if len(self.ctx.streams) == 1 else f"{name}_{stream}"
 
+    def _table_path(self, stream: str, name: str) -> str:
+        """Tables live in /entry/reduced (NXcollection): the stream's raw group may share a name."""
+        return f"reduced/{self._table_name(stream, name)}"
+
     def _names(self, stream: str) -> dict[str, list[str]]:
         st = next(s for s in self.ctx.streams if s.name == stream)
         return {"module": list(self.ctx.modules[stream]), "channel": list(st.channels),
@@ -72,7 +76,7 @@ class SaveStage(Stage):
             names = self._names(stream)
             if self.format == "hdf5":
                 attrs = {c: {"names": names[c]} for c in dtype.names if c in names}
-                w = self.file.add(TableWriter, self._table_name(stream, name), dtype, attrs)
+                w = self.file.add(TableWriter, self._table_path(stream, name), dtype, attrs)
             else:
                 w = CsvTable(self.folder / f"{self.ctx.node}-{self._table_name(stream, name)}.csv", dtype, names)
                 self.sinks.append(w)
@@ -86,7 +90,7 @@ class SaveStage(Stage):
             ref = batch.wave_refs()[0]
             axis = batch.axis(ref)
             header = {"seq": "<u8", "module": "<u2", "channel": "<u2", "position": "<i4"}
-            w = self.file.add(WaveformWriter, self._table_name(batch.stream, f"{self.table}_windows"), header,
+            w = self.file.add(WaveformWriter, self._table_path(batch.stream, f"{self.table}_windows"), header,
                               {"window": batch.waveforms(ref).dtype}, pre + post, {"window": axis},
                               {k: v for k, v in self._names(batch.stream).items() if k in header},
                               self.compression, None, np.arange(-pre, post) * axis.sample_ns)
