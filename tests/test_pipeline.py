@@ -230,3 +230,58 @@ def test_a_batch_of_one_module_needs_no_copy():
     b = EventBatch.from_frames("s", MODULES, "b", r, AXES)
     assert np.shares_memory(b.waveforms("b.IN1"), r) and (b.events["present"] == 2).all()
     assert b.channels("IN1") == ["b.IN1"]
+
+
+def test_procnode_rejects_parts_of_a_module_it_was_not_told_about(tmp_path):
+    """Real sockets: frames claiming a module outside the stream, or another node's module,
+    are counted as rejected and never reach an event."""
+    import time
+
+    import zmq
+
+    from coordinator.topology import topology_from_dict
+    from coordinator.wire import pack_frames_header
+    from procnode.node import ProcNode
+
+    topo = topology_from_dict({
+        "topology": 1, "name": "t", "run": {"directory": str(tmp_path)},
+        "streams": {"s": {"samples": 256, "channels": {"IN1": "int16"}, "modules": ["a", "b"]}},
+        "acquisition": {m: {"stream": "s", "source": {"kind": "synthetic"}} for m in ("a", "b")},
+        "processing": {"p": {"pipeline": [{"stage": "drain"}]}}})
+    ctx = zmq.Context()
+    routers, endpoints = {}, {}
+    for m in ("a", "b"):
+        routers[m] = ctx.socket(zmq.ROUTER)
+        routers[m].setsockopt(zmq.ROUTER_MANDATORY, 1)   # a send before the node connected raises
+        endpoints[m] = f"tcp://127.0.0.1:{routers[m].bind_to_random_port('tcp://127.0.0.1')}"
+    node = ProcNode("p", "tcp://127.0.0.1:9")    # no coordinator: control messages just queue
+    try:
+        node.on_configure({"topology": topo.to_dict(), "run": 1, "run_dir": str(tmp_path),
+                           "params": {"endpoints": endpoints}})
+        sock_a = next(s for s, up in node.upstream.items() if up == "a")
+        deadline = time.monotonic() + 5
+        for module, seqs in (("x", [0, 1]), ("b", [2, 3]), ("a", [4, 5])):
+            recs = _frames(seqs)
+            while True:                                  # until the node's DEALER has connected
+                try:
+                    routers["a"].send_multipart([b"p", pack_frames_header(1, "s", module, recs), recs.tobytes()])
+                    break
+                except zmq.ZMQError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+        got = 0
+        while got < 3 and time.monotonic() < deadline:
+            if sock_a.poll(50):
+                before = node.rejected + sum(node.received.values())
+                node._on_data(sock_a)
+                got += node.rejected + sum(node.received.values()) - before
+        assert node.rejected == 2                         # "x" is no module of s; "b" not on a's socket
+        assert node.received["a"] == 2 and node.builders["s"].stats.complete == 0
+        assert node.builders["s"].pending() == 2          # only a's real parts wait for b's
+    finally:
+        node.close()
+        node.control.close(linger=0)
+        node.ctx.term()
+        for r in routers.values():
+            r.close(linger=0)
+        ctx.term()

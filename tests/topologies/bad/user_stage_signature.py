@@ -1,0 +1,3 @@
+def energy(batch):
+    """Forgets the params argument."""
+    return None
