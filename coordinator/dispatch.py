@@ -50,3 +50,25 @@ class DispatchSchedule:
     @classmethod
     def from_dict(cls, d: dict) -> "DispatchSchedule":
         return cls(int(d["block"]), [(int(f), tuple(o)) for f, o in d["epochs"]])
+
+
+def rebalance(schedule: DispatchSchedule, stalled: dict[str, float], interval: float,
+              frontier: int) -> list[str] | None:
+    """A new deal order when one receiver held the senders back while another had spare room.
+
+    stalled: seconds during the last `interval` that senders waited for each receiver's
+    credit.  The slow one keeps one share, every other receiver gets two, from the block
+    after `frontier` (the highest seq any module may already have sent, with margin).
+    None: leave the schedule as it is.
+    """
+    order = list(schedule.epochs[-1][1])
+    receivers = list(dict.fromkeys(order))
+    if len(receivers) < 2:
+        return None
+    slow = max(receivers, key=lambda p: stalled.get(p, 0.0))
+    fast = [p for p in receivers if p != slow and stalled.get(p, 0.0) < 0.1 * interval]
+    if stalled.get(slow, 0.0) < 0.5 * interval or not fast or order.count(slow) < order.count(fast[0]):
+        return None
+    new = [p for p in receivers for _ in range(1 if p == slow else 2)]
+    schedule.add_epoch(frontier // schedule.block + 1, new)
+    return new

@@ -23,7 +23,7 @@ import zmq
 
 from coordinator.books import Books, balance
 from coordinator.control import ControlServer, StartupError
-from coordinator.dispatch import DispatchSchedule
+from coordinator.dispatch import DispatchSchedule, rebalance
 from coordinator.emulated import StartupFailure, board_address, start_emulator
 from coordinator.launcher import LocalLauncher
 from coordinator.nodefiles import clear_write_flags, saved_in_file
@@ -37,6 +37,7 @@ log = logging.getLogger("coordinator")
 HEARTBEAT_INTERVAL = 0.5
 STATS_INTERVAL = 1.0
 RETRY_INTERVAL = 1.0
+REBALANCE_INTERVAL = 2.0   # s between looks at which processing node holds the senders back
 EXIT_OK, EXIT_FAILED, EXIT_DEGRADED, EXIT_INTERRUPTED = 0, 1, 3, 130
 
 
@@ -116,6 +117,9 @@ class Coordinator:
         self.t0 = time.monotonic()
         self._next_hb = 0.0
         self._next_stats = 0.0
+        self._next_balance = time.monotonic() + REBALANCE_INTERVAL
+        self._stalled_seen: dict[str, dict[str, float]] = {}
+        self.schedules: dict[str, DispatchSchedule] = {}
         self.books: Books | None = None
         self.emulator_proc: Any = None
 
@@ -262,6 +266,27 @@ class Coordinator:
                             for up in self.topo.upstreams(n.name)}
             self._request_until(group, "end", None, limit)
 
+    def _rebalance(self) -> None:
+        """Move future blocks of a scheduled stream away from a processing node that falls behind."""
+        for stream, schedule in self.schedules.items():
+            mods = [self.nodes[m] for m in self.topo.streams[stream].modules]
+            stalled: dict[str, float] = {}
+            for n in mods:
+                now_s = n.counters.get("stalled_s", {}) or {}
+                before = self._stalled_seen.get(n.name, {})
+                for p, t in now_s.items():
+                    stalled[p] = max(stalled.get(p, 0.0), t - before.get(p, 0.0))
+                self._stalled_seen[n.name] = dict(now_s)
+            ring = max(self.topo.acquisition[n.name].ring.slots for n in mods)
+            rate = max(n.rates.get("frames_per_s", 0.0) for n in mods)
+            frontier = max(n.counters.get("frames", 0) for n in mods) + ring + int(2 * rate) + schedule.block
+            new = rebalance(schedule, stalled, REBALANCE_INTERVAL, frontier)
+            if new is not None:
+                log.warning("stream %s: %s falls behind; from block %d blocks are dealt %s", stream,
+                            max(stalled, key=stalled.get), schedule.epochs[-1][0], new)
+                for n in mods:
+                    self.ctl.send(n.name, "schedule", stream=stream, schedule=schedule.to_dict())
+
     def _initial_schedules(self) -> dict[str, DispatchSchedule]:
         """Dispatch schedules of the streams whose events need every part on one node."""
         out = {}
@@ -301,6 +326,9 @@ class Coordinator:
                 if n.registered and not n.lost:
                     self.ctl.send(n.name, "heartbeat")
         self._check_liveness(now)
+        if self.sm.state == "running" and now >= self._next_balance:
+            self._next_balance = now + REBALANCE_INTERVAL
+            self._rebalance()
         if now >= self._next_stats:
             self._next_stats = now + STATS_INTERVAL
             self._write_stats()

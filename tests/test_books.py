@@ -73,3 +73,16 @@ def test_state_machine_table():
     sm2.fire("configure")
     assert sm2.fire("fault", "node lost") == "fault" and sm2.history[-1]["reason"] == "node lost"
     assert not sm2.can("start")
+
+
+def test_dispatch_schedule_deals_blocks_skips_lost_nodes_and_rebalances():
+    from coordinator.dispatch import DispatchSchedule, rebalance
+    s = DispatchSchedule.start(10, ["p1", "p2"])
+    assert [s.owner(q) for q in (0, 9, 10, 25, 31)] == ["p1", "p1", "p2", "p1", "p2"]
+    assert s.owner(10, {"p2"}) == "p1" and s.owner(10, {"p1", "p2"}) is None
+    assert rebalance(s, {"p1": 0.1, "p2": 0.1}, 2.0, 100) is None          # nobody held back
+    assert rebalance(s, {"p1": 1.5, "p2": 0.0}, 2.0, 100) == ["p1", "p2", "p2"]
+    assert [s.owner(q) for q in (90, 100)] == ["p2", "p1"]                 # before the new epoch: unchanged
+    assert [s.owner(q * 10) for q in (11, 12, 13, 14)] == ["p1", "p2", "p2", "p1"]
+    assert rebalance(s, {"p1": 1.5, "p2": 0.0}, 2.0, 200) is None          # already at its smaller share
+    assert DispatchSchedule.from_dict(s.to_dict()) == s

@@ -48,13 +48,19 @@ def test_default_topology_runs_on_two_emulated_boards(tmp_path):
     frames = frames_by_module(run_dir)
     assert sorted(frames) == ["rp1", "rp2"]
     level = 0.05 * 8192
+    noise = 0.002 * 8192
     for board, f in frames.items():
         assert sorted(f["seq"].tolist()) == list(range(150)), board
-        wave = f["IN1"].astype(np.int32)
-        crossing = np.argmax(wave >= level, axis=1)
-        # every frame holds a pulse that crosses the trigger level at the trigger index (pretrigger 512)
-        assert (wave.max(axis=1) >= level).all()
-        assert np.isin(crossing, [510, 511, 512, 513]).mean() > 0.95, np.unique(crossing)[:10]
+        order = np.argsort(f["seq"])
+        wave = f["IN1"][order].astype(np.int32)
+        # every frame holds the trigger's pulse at the trigger index (pretrigger 512): rp1 triggers,
+        # rp2 is triggered with it (common trigger) and sees the same pulse with its own noise
+        margin = 0 if board == "rp1" else 6 * noise
+        assert (wave.max(axis=1) >= level - margin).all(), board
+        crossing = np.argmax(wave >= level - margin, axis=1)
+        assert np.isin(crossing, np.arange(506, 516)).mean() > 0.95, np.unique(crossing)[:10]
+    a, b = (frames[m]["IN1"][np.argsort(frames[m]["seq"])].astype(np.int32) for m in ("rp1", "rp2"))
+    assert np.abs(a[:, 512:600] - b[:, 512:600]).max() < 12 * noise     # the same event on both boards
 
 
 def test_unreachable_board_fails_the_start_naming_it(tmp_path):
@@ -110,7 +116,13 @@ def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_p
                     emulator = child
             time.sleep(0.1)
         assert emulator is not None, "the coordinator started no emulator"
-        time.sleep(1.0)                           # frames are flowing
+        stats = next(iter((tmp_path / "runs").glob("*/stats.csv")), None)
+        while time.monotonic() < deadline:        # frames are flowing
+            stats = stats or next(iter((tmp_path / "runs").glob("*/stats.csv")), None)
+            rows = stats.read_text().splitlines()[1:] if stats else []
+            if any(r.split(",")[1] == "synth1" and int(r.split(",")[4]) > 50 for r in rows):
+                break
+            time.sleep(0.05)
         os.kill(emulator.pid, signal.SIGSTOP)     # the board stops answering
         time.sleep(1.5)
         os.kill(emulator.pid, signal.SIGCONT)
