@@ -34,9 +34,10 @@ class Outbox:
         self.sent_to = {p: 0 for p in peers}        # events per receiver (what it must expect)
         self.rejected = 0
 
-    def put(self, peer: str, batch: Any, raw: bool, itemsize: int) -> None:
-        """Queue a batch for `peer` (split into pieces it can take); sends at once if it can."""
-        step = 256
+    def put(self, peer: str, batch: Any, raw: bool, itemsize: int, step: int = 256) -> None:
+        """Queue a batch for `peer` in pieces of at most `step` events (never more than the peer
+        grants in total, or a piece would wait for credit forever); sends at once if it can."""
+        step = max(1, step)
         for a in range(0, len(batch), step):
             rows = slice(a, min(a + step, len(batch)))
             events = batch.events[rows]
