@@ -1,7 +1,8 @@
 """Pulse-height analysis: find_peaks_batch vs. a Python loop of scipy.signal.find_peaks.
 
     python bench/bench_pha.py [--batch 256] [--repeat 5] [--samples 4096] [--pulses 5]
-                              [--decay-ns 80] [--seconds 0.5 | --waveforms N] [--json]
+                              [--decay-ns 80] [--seconds 0.5] [--waveforms N]
+                              [--cases height,...] [--malloc node|default] [--json]
 
 Waveforms: `acqnode.sources.synthetic.SyntheticPulses` frames with two int16 channels
 (IN1, IN2; the analysis reads ``records["IN1"]``, a strided view, as a processing node
@@ -12,16 +13,23 @@ rate that makes `--pulses` pulses per frame on average.  `--waveforms` frames ar
 once (default: 32 batches); each timed run goes through them batch by batch, repeatedly
 until `--seconds` have passed, so neither side runs on cache-warm data.
 
-Cases (height 0.02 V = 164 counts, 10 noise sigmas):
-  height            find_peaks(row, height=h)
-  prominence+width  find_peaks(row, height=h, prominence=50, width=0)  (the same parameters
-                    in both schemes)
+Cases (height h = 0.02 V = 164 counts, 10 noise sigmas; the same parameters in both schemes):
+  height              find_peaks(row, height=h)                         (target: >= 10x)
+  distance            find_peaks(row, height=h, distance=50)
+  prominence+width    find_peaks(row, height=h, prominence=50, width=0)
+  prom+width+wlen     find_peaks(row, height=h, prominence=50, width=0, wlen=201)
+  no-height           find_peaks(row, prominence=50)   (not run unless named in --cases)
 Schemes: `loop` (mimoCoRB2's way: ``for row in batch: find_peaks(row, ...)``) and
 `batched` (``find_peaks_batch(batch, ..., method="auto")``).  Both run in this process
-on one core and are timed by the process's CPU time (waveforms/s per core: other load on
-this shared 2-core machine then costs less accuracy than with wall time); the runs alternate (loop, batched, loop, ...) `--repeat` times and the table
-shows medians, and the ratio batched/loop of each pair with its range.  The results of
-both schemes are compared on the first batch of every case (peaks and properties).
+on one core and are timed by the process's CPU time (waveforms/s per core; other load on
+this shared 2-core machine then disturbs less than with wall time).  The runs alternate
+(loop, batched, loop, ...) `--repeat` times; the table shows medians, and the ratio
+batched/loop of each pair with its range.  The results of both schemes are compared on
+the first batch of every case (peaks and properties).
+
+`--malloc node` (default) tunes glibc's malloc as every processing node does at start
+(`coordinator.noderuntime.tune_malloc`: freed memory is kept, so the batch's MB-sized
+temporaries do not page-fault); `--malloc default` leaves glibc's defaults.
 """
 from __future__ import annotations
 
@@ -51,8 +59,12 @@ HEIGHT = 164          # counts: 0.02 V, 10 x the 0.002 V rms noise
 
 CASES = [
     ("height", {"height": HEIGHT}),
+    ("distance", {"height": HEIGHT, "distance": 50}),
     ("prominence+width", {"height": HEIGHT, "prominence": 50, "width": 0}),
+    ("prom+width+wlen", {"height": HEIGHT, "prominence": 50, "width": 0, "wlen": 201}),
+    ("no-height", {"prominence": 50}),     # only with --cases: every noise wiggle is a peak
 ]
+DEFAULT_CASES = "height,distance,prominence+width,prom+width+wlen"
 
 
 def make_waveforms(n: int, samples: int, pulses: float, decay_ns: float, seed: int = 1) -> np.ndarray:
@@ -116,10 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=0.5, help="minimum duration of each timed run")
     ap.add_argument("--waveforms", type=int, default=None,
                     help="waveforms generated (default 32 batches); a run goes through all of them")
-    ap.add_argument("--cases", default=",".join(c for c, _ in CASES),
+    ap.add_argument("--cases", default=DEFAULT_CASES,
                     help="comma-separated subset of: " + ", ".join(c for c, _ in CASES))
+    ap.add_argument("--malloc", choices=("node", "default"), default="node",
+                    help="node: glibc malloc tuned as in a processing node (default)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
+    if args.malloc == "node":
+        from coordinator.noderuntime import tune_malloc
+        tune_malloc()
 
     n = args.waveforms or 32 * args.batch
     records = make_waveforms(n, args.samples, args.pulses, args.decay_ns)
@@ -128,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     above = float(np.mean(wave >= HEIGHT))
     print(f"{n} waveforms of {args.samples} int16 samples (records['IN1'], row stride "
           f"{wave.strides[0]} B), {args.pulses:g} pulses/waveform, decay {args.decay_ns:g} ns, "
-          f"{100 * above:.1f} % of samples >= height {HEIGHT}; batch {args.batch}")
+          f"{100 * above:.1f} % of samples >= height {HEIGHT}; batch {args.batch}; "
+          f"malloc {args.malloc}")
     print(f"medians of {args.repeat} alternating runs of >= {args.seconds:g} s; "
           "ratio = batched / loop in the same pair")
     print(f"{'case':>17} {'scheme':>8} {'wf/s/core':>11} {'us/wf':>7} {'peaks/wf':>9} "

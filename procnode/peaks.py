@@ -1,31 +1,34 @@
-"""`scipy.signal.find_peaks` on a batch of waveforms, with identical results, much faster.
+"""`scipy.signal.find_peaks` on a batch of waveforms: identical results, much faster.
 
-Pulse-height analysis runs find_peaks on every waveform of every batch.  Calling it once
-per waveform costs ~40 us of mostly fixed overhead for a 4096-sample row, which limits a
-processing node to a few 10k waveforms/s per core.  `find_peaks_batch` gives, for every
-row of a 2-D batch, exactly what find_peaks gives for that row (same peaks, same property
-arrays, same dtypes, bit-identical values), computed for the whole batch at once:
+Pulse-height analysis runs find_peaks on every waveform of every batch.  Called once per
+waveform it costs ~35 us for a 4096-sample int16 row of a batch (~8 us of it per call
+even for a tiny row), which limits a processing node to ~30k waveforms/s per core.  `find_peaks_batch` gives, for every row of a 2-D batch, exactly
+what find_peaks gives for that row (same peaks, same property arrays and dtypes,
+bit-identical values), computed for the whole batch at once:
 
 * Local maxima (find_peaks' rule, flat plateaus included) are found by comparisons on the
-  batch's own dtype (exact, as every supported dtype converts exactly to float64, which
-  is what scipy compares).  With a minimum `height`, only samples >= height can be peaks,
-  so one comparison pass and `np.flatnonzero` give a small candidate set and everything
-  else works on candidates only.  The batch is never converted to float64 for this.
-* `plateau_size`, `height` and `threshold` are per-peak tests, done with the same float64
-  expressions as scipy.
-* `distance` removes peaks sequentially by height in scipy.  Rows where no two peaks are
-  closer than `distance` lose nothing (vectorised); the other rows go to scipy per row
-  (`auto`), or through the same sequential rule on that row's peaks (`vector`).
-* `prominence`/`width`: scipy's `peak_prominences` runs once on a 1-D float64
-  concatenation of the rows that have peaks, each row followed by a NaN sample that stops
-  every base search (scipy's searches stop at a sample that is not <= the peak), so no
-  search crosses into another row.  Widths are computed here, vectorised, in row
-  coordinates with scipy's float operations (computed in concatenated coordinates the
-  interpolated positions would round differently).
+  batch's own dtype: exact, because every supported dtype converts exactly to the float64
+  scipy compares.  With a minimum `height` only samples >= height can be peaks: one
+  comparison pass writes a mask, which is scanned 8 samples (one uint64 word) at a time,
+  and only the few candidates are examined.  Without one, the rule is tested on the
+  whole batch.  The batch is read in place (a structured-array field included), never
+  converted to float64 for this.
+* `plateau_size`, `height` and `threshold` are per-peak tests with scipy's float64
+  expressions.
+* `distance` (scipy removes peaks sequentially, highest first) is solved for all rows in
+  vectorised rounds that give the same result, see `_distance_keep`.
+* `prominence`/`width`: scipy's `peak_prominences` runs once on a float64 concatenation
+  of the rows that have peaks, each row followed by a NaN, at which every base search
+  stops as it would at the row's end (scipy's searches stop at a sample that is not
+  <= the peak).  Widths are computed here, vectorised, in row coordinates with scipy's
+  float operations (in concatenated coordinates the interpolated positions would round
+  differently).
 
-Anything the vectorised path cannot reproduce exactly (per-sample condition arrays,
-64-bit integer data, a non-finite `distance`) goes to scipy row by row in `auto` and is a
-ValueError in `vector`.
+What the vectorised path cannot reproduce exactly goes to scipy.  Rows whose `distance`
+conflicts are too tangled for the rounds get scipy's own distance step (`auto`) or the
+same sequential rule in Python (`vector`).  Per-sample condition arrays, 64-bit integer
+samples and a non-finite `distance` send the whole batch to find_peaks row by row in
+`auto` and are a ValueError in `vector`.
 """
 from __future__ import annotations
 
@@ -39,10 +42,12 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 from scipy.signal import find_peaks, peak_prominences
 
-try:  # the warning class scipy raises for zero prominences/widths, to warn alike
+try:  # scipy's own distance step (C) for the rows `auto` leaves to scipy, and its warning
     from scipy.signal._peak_finding_utils import PeakPropertyWarning
-except ImportError:  # pragma: no cover - a scipy that moved it
+    from scipy.signal._peak_finding_utils import _select_by_peak_distance
+except ImportError:  # pragma: no cover - a scipy that moved them: find_peaks for those rows
     PeakPropertyWarning = RuntimeWarning  # type: ignore[misc, assignment]
+    _select_by_peak_distance = None
 
 PEAK_PARAMS = ("height", "threshold", "distance", "prominence", "width", "wlen", "rel_height",
                "plateau_size")
@@ -415,11 +420,16 @@ def _vector(x: np.ndarray, kw: dict, resolve_distance: bool) -> tuple[Peaks, np.
         dist = math.ceil(float(kw["distance"]))
         keep, hard = _distance_keep(rows, pos, heights, dist, S)
         if hard.size:
-            if resolve_distance:   # the sequential rule, row by row
+            if resolve_distance or _select_by_peak_distance is not None:
                 lo = np.searchsorted(rows, hard, "left")
                 hi = np.searchsorted(rows, hard, "right")
                 for a, b in zip(lo.tolist(), hi.tolist()):
-                    keep[a:b] = _select_by_distance(pos[a:b], heights[a:b], dist)
+                    if resolve_distance:     # `vector`: the sequential rule, here
+                        keep[a:b] = _select_by_distance(pos[a:b], heights[a:b], dist)
+                    else:                    # `auto`: scipy's own step, on scipy's inputs
+                        keep[a:b] = _select_by_peak_distance(
+                            np.array(pos[a:b], dtype=np.intp), np.array(heights[a:b]),
+                            float(kw["distance"]))
             else:
                 fallback = hard.astype(np.int64)
                 keep &= ~np.isin(rows, hard)
@@ -452,6 +462,7 @@ def _distance_keep(rows: np.ndarray, pos: np.ndarray, heights: np.ndarray, dist:
     the rows with such ties.  Rows with more than `_MAX_NEIGHBOURS` peaks within `dist`
     of one peak, or still undecided after `_MAX_ROUNDS` rounds, are returned undecided.
     """
+    dist = min(dist, S)                         # positions in a row differ by < S anyway
     key = rows * (S + dist) + pos              # rows further apart than `dist`
     close = key[1:] - key[:-1] < dist
     if not close.any():
@@ -478,17 +489,17 @@ def _distance_keep(rows: np.ndarray, pos: np.ndarray, heights: np.ndarray, dist:
     pairs = [(o, np.flatnonzero(reach >= o)) for o in range(1, K + 1)]
     # priorities: the heights, or scipy's argsort rank in rows where neighbours tie
     prio = h.astype(np.float64, copy=True)
-    tied: set[int] = set()
-    for o, i in pairs:
-        t = i[h[i] == h[i + o]]
-        if t.size:
-            tied.update(np.unique(r[t]).tolist())
-    for row in sorted(tied):
-        a, b = np.searchsorted(rows, [row, row + 1])
-        rank = np.empty(b - a, np.float64)
-        rank[np.argsort(np.ascontiguousarray(heights[a:b], dtype=np.float64))] = np.arange(b - a)
-        sub = r == row
-        prio[sub] = rank[idx[sub] - a]
+    tied = [r[i[h[i] == h[i + o]]] for o, i in pairs]
+    tied_rows = np.unique(np.concatenate(tied)) if tied else np.empty(0, np.intp)
+    if tied_rows.size:
+        bounds = np.searchsorted(rows, np.r_[tied_rows, tied_rows + 1]).reshape(2, -1)
+        sub = np.searchsorted(r, np.r_[tied_rows, tied_rows + 1]).reshape(2, -1)
+        for a, b, sa, sb in zip(*bounds.tolist(), *sub.tolist()):
+            # a fresh array like scipy's x[peaks], so that argsort sees exactly what it sees
+            order = np.argsort(np.array(heights[a:b], dtype=np.float64))
+            rank = np.empty(b - a, np.float64)
+            rank[order] = np.arange(b - a)
+            prio[sa:sb] = rank[idx[sa:sb] - a]
     state = np.zeros(m, np.int8)               # 0 undecided, 1 kept, 2 removed
     for _ in range(_MAX_ROUNDS):
         und = state == 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.signal import find_peaks
 
-from procnode.peaks import PEAK_PARAMS, Peaks, find_peaks_batch, property_keys
+from procnode.peaks import PEAK_PARAMS, Peaks, find_peaks_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy's PeakPropertyWarning
 
@@ -81,7 +81,7 @@ def records_view(x: np.ndarray) -> np.ndarray:
     rec["IN1"] = x
     rec["IN2"] = x[::-1]
     view = rec["IN1"]
-    assert view.strides[0] == dt.itemsize and not view.flags.c_contiguous
+    assert view.strides[0] == dt.itemsize and (n == 1 or not view.flags.c_contiguous)
     return view
 
 
@@ -271,9 +271,14 @@ def test_random_batches(seed: int) -> None:
                 assert_identical(find_peaks_batch(x, method=method, **kw), want, f"{kw} {method}")
 
 
-def test_distance_with_tied_heights_and_long_chains() -> None:
+@pytest.mark.parametrize("scipy_step", [True, False])
+def test_distance_with_tied_heights_and_long_chains(scipy_step: bool, monkeypatch) -> None:
     """Equal heights within distance (scipy's argsort order decides) and rows with many
-    mutually close peaks (resolved row by row) still match."""
+    mutually close peaks (resolved row by row: by scipy's distance step in `auto`, or,
+    without it, by find_peaks for those rows) still match."""
+    import procnode.peaks as peaks
+    if not scipy_step:
+        monkeypatch.setattr(peaks, "_select_by_peak_distance", None)
     rng = np.random.default_rng(5)
     x = rng.integers(0, 4, (30, 400)).astype(np.int16)       # heights tie all the time
     x[:5] = np.tile(np.array([0, 5, 0, 5, 0, 5, 0, 5], np.int16), 50)  # equal peaks 2 apart
