@@ -374,9 +374,8 @@ class ProcNode(NodeRuntime):
         return out
 
     def close(self) -> None:
-        if self.pipeline is not None and self.eor is None:
+        if self.pipeline is not None and self.eor is None:   # ended early: files still open
             self.pipeline.close()
-        self.pipeline = None if self.eor is None else self.pipeline
         for sock in self.upstream:
             sock.close(linger=0)
         if self.forward_sock is not None:

@@ -54,7 +54,7 @@ class Outbox:
             try:
                 peer_b, raw = self.sock.recv_multipart(zmq.NOBLOCK)[:2]
             except zmq.Again:
-                return
+                break
             except ValueError:
                 self.rejected += 1
                 continue

@@ -3,7 +3,7 @@
 Every channel of a batch has an `Axis`: the time of its first sample relative to the
 trigger, the sample period, and the factor from stored numbers to the physical unit.
 They come from the source's configuration (decimation, pretrigger, gain, ADC scale),
-a stage that crops or decimates returns a new Axis, and files carry them as NeXus
+a stage that crops returns a new Axis, and files carry them as NeXus
 `units` and axis datasets, so a pulse's position becomes a time and its height volts
 without the analysis knowing which board made it.
 """
@@ -42,11 +42,6 @@ class Axis:
     def cropped(self, start: int) -> "Axis":
         """The axis of samples start.. of this one."""
         return replace(self, t0_ns=self.t0_ns + start * self.sample_ns)
-
-    def decimated(self, factor: int) -> "Axis":
-        """Means of `factor` consecutive samples: the first group's centre is the new sample 0."""
-        return replace(self, sample_ns=self.sample_ns * factor,
-                       t0_ns=self.t0_ns + (factor - 1) * self.sample_ns / 2)
 
     def to_dict(self) -> dict[str, Any]:
         return {"sample_ns": self.sample_ns, "t0_ns": self.t0_ns, "scale": self.scale, "unit": self.unit}

@@ -144,3 +144,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def child_process(parent_pid: int, *needles: str, timeout: float = 20) -> psutil.Process:
+    """The first descendant of `parent_pid` whose command line contains every needle."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in psutil.Process(parent_pid).children(recursive=True):
+            cmd = " ".join(child.cmdline())
+            if all(n in cmd for n in needles):
+                return child
+        time.sleep(0.05)
+    raise AssertionError(f"no process {needles} under {parent_pid} within {timeout} s")
+
+
+def wait_for_frames(run_root: Path, node: str, at_least: int, timeout: float = 20) -> None:
+    """Until the running run's stats.csv shows `node` with more than `at_least` frames (data flows)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = next(iter(run_root.glob("*/stats.csv")), None)
+        rows = stats.read_text().splitlines()[1:] if stats else []
+        if any(r.split(",")[1] == node and int(r.split(",")[4]) > at_least for r in rows):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{node} did not pass {at_least} frames within {timeout} s")

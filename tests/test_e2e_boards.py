@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_cli, run_json, small_topology, write_topology
+from conftest import child_process, run_cli, run_json, small_topology, wait_for_frames, write_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("clean_system")
@@ -95,8 +95,6 @@ def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_p
     import sys
     import time
 
-    import psutil
-
     topo = small_topology(**{
         "run.frames": 600, "run.drain_timeout": 5.0,
         "streams.pulses": {"samples": 1024, "channels": {"IN1": "int16"}},
@@ -108,21 +106,8 @@ def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_p
     proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", str(path), "--json"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        emulator = None
-        deadline = time.monotonic() + 20
-        while emulator is None and time.monotonic() < deadline:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                if "coordinator.emulated" in " ".join(child.cmdline()):
-                    emulator = child
-            time.sleep(0.1)
-        assert emulator is not None, "the coordinator started no emulator"
-        stats = next(iter((tmp_path / "runs").glob("*/stats.csv")), None)
-        while time.monotonic() < deadline:        # frames are flowing
-            stats = stats or next(iter((tmp_path / "runs").glob("*/stats.csv")), None)
-            rows = stats.read_text().splitlines()[1:] if stats else []
-            if any(r.split(",")[1] == "synth1" and int(r.split(",")[4]) > 50 for r in rows):
-                break
-            time.sleep(0.05)
+        emulator = child_process(proc.pid, "coordinator.emulated")
+        wait_for_frames(tmp_path / "runs", "synth1", 50)      # frames are flowing
         os.kill(emulator.pid, signal.SIGSTOP)     # the board stops answering
         time.sleep(1.5)
         os.kill(emulator.pid, signal.SIGCONT)

@@ -61,7 +61,7 @@ def forward_targets(ctx: _Context, proc: dict[str, Record]) -> dict[str, list[st
 class _Channels:
     """The channels one processing node can name: CH (every module) or module.CH."""
 
-    def __init__(self, streams: dict, acq: dict, node: Record) -> None:
+    def __init__(self, streams: dict, node: Record) -> None:
         self.bare: set[str] = set()
         self.qualified: set[str] = set()
         for s in node.get("streams") or []:
@@ -94,7 +94,6 @@ def _pha_columns(st: Record) -> set[str]:
 
 def check_pipelines(ctx: _Context, top: Record, base_dir: Path) -> None:
     streams = top.get("streams") if isinstance(top.get("streams"), dict) else {}
-    acq = top.get("acquisition") if isinstance(top.get("acquisition"), dict) else {}
     proc = top.get("processing") if isinstance(top.get("processing"), dict) else {}
     incoming: dict[str, dict[str, set[str] | None]] = {}     # chain target -> tables sent to it
     targets = {st.get("to") for node in proc.values() for st in _pipeline(node)
@@ -103,7 +102,7 @@ def check_pipelines(ctx: _Context, top: Record, base_dir: Path) -> None:
     for name in order:
         node = proc[name]
         if isinstance(node, Record):
-            _check_pipeline(ctx, name, node, _Channels(streams, acq, node), base_dir, incoming)
+            _check_pipeline(ctx, name, node, _Channels(streams, node), base_dir, incoming)
 
 
 def _check_pipeline(ctx: _Context, name: str, node: Record, channels: _Channels, base_dir: Path,

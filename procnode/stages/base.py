@@ -31,9 +31,6 @@ class StageContext:
     outbox: Callable[[str], Any] | None = None       # processing node name -> Outbox (forward/copy)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def channel_names(self, stream: Any) -> list[str]:
-        return list(stream.channels)
-
 
 class Stage:
     kind = "stage"

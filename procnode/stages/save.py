@@ -17,8 +17,6 @@ from procnode.events import EVENT_DTYPE, EventBatch
 from procnode.hdf5sink import TableWriter, WaveformWriter, raw_writer
 from procnode.stages.base import Stage, StageContext
 
-NAMED_COLUMNS = ("module", "channel")    # u2 indices; their names go into attrs / CSV text
-
 
 class SaveStage(Stage):
     kind = "save"

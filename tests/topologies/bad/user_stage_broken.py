@@ -1,5 +1,3 @@
-import numpy as np
-
 THRESHOLD = 0.1 / undefined_name   # noqa: F821 -- this file fails on import, on purpose
 
 
