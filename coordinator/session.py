@@ -208,9 +208,8 @@ class Coordinator:
                 "schedule": {s: d.to_dict() for s, d in self.schedules.items()}})
         self._wait(lambda: all(n.info for n in acqs), timeout, "configuration of acquisition nodes")
         endpoints = {n.name: n.info["endpoint"] for n in acqs}
-        chained = self.topo.chained()
-        for stage in (False, True):     # a chain's second stage needs the first stage's endpoint
-            group = [n for n in procs if (n.name in chained) == stage]
+        for level in self.topo.processing_levels():   # a chain's next stage needs this one's endpoint
+            group = [self.nodes[p] for p in level]
             for n in group:
                 self.ctl.send(n.name, "configure", **base, params={"endpoints": endpoints})
             self._wait(lambda g=group: all(n.info for n in g), timeout, "configuration of processing nodes")
@@ -255,11 +254,8 @@ class Coordinator:
         """
         limit = self.topo.run.drain_timeout + 5.0
         self._request_until(acqs, "stop", {"reason": self.stop_reason}, limit)
-        depth: dict[str, int] = {}
-        for name in self.topo.processing_order():
-            depth[name] = max([depth[u] + 1 for u in self.topo.upstreams(name) if u in depth], default=0)
-        for level in sorted(set(depth.values())):
-            group = [self.nodes[p] for p, d in depth.items() if d == level]
+        for level in self.topo.processing_levels():
+            group = [self.nodes[p] for p in level]
             for n in group:
                 n.expect = {up: (shipped_count(self.nodes[up].eor, n.name) if up in self.topo.acquisition
                                  else (self.nodes[up].eor or {}).get("forward_counts", {}).get(n.name, 0))

@@ -20,7 +20,7 @@ import numpy as np
 from coordinator.frames import FLAG_INCOMPLETE, FLAG_TIME_MISMATCH
 from coordinator.ranges import RangeSet
 from procnode.events import EVENT_DTYPE, EventBatch
-from procnode.units import Axis
+from coordinator.units import Axis
 
 #: Groups (blocks) held at most; beyond, the oldest is given up (its events leave incomplete).
 MAX_GROUPS = 256

@@ -3,7 +3,7 @@
 An event is what one trigger produced: one part (frame) from each module of the
 stream.  A batch keeps the parts as the frame records they arrived in (no copy for
 a single module), a small events table (seq, timestamp, flags, which parts are
-present), per-channel waveform views with their axes (`procnode.units.Axis`), and
+present), per-channel waveform views with their axes (`coordinator.units.Axis`), and
 the tables stages add (one row per pulse, per event, ...; every table has a `seq`
 column, so dropping events drops their rows).  Stages work on whole columns.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.frames import channel_names
-from procnode.units import Axis
+from coordinator.frames import HEADER_NAMES, channel_names, frame_dtype
+from coordinator.units import Axis
 
 EVENT_DTYPE = np.dtype([("seq", "<u8"), ("timestamp", "<u8"), ("flags", "<u4"), ("present", "<u4")])
 
@@ -95,6 +95,21 @@ class EventBatch:
             return w.astype(np.float32)
         return w.astype(np.float32) * np.float32(axis.scale)
 
+    def records(self, module: str) -> np.ndarray:
+        """`module`'s parts as frame records of the waveforms as they are now: the received
+        records, or new ones holding cropped/decimated waveforms (what `forward` sends on)."""
+        part = self.parts[module]
+        if not any(ref.split(".", 1)[0] == module for ref in self._waves):
+            return part
+        waves = {ch: self.waveforms(f"{module}.{ch}") for ch in channel_names(part.dtype)}
+        out = np.empty(len(part), frame_dtype({ch: w.dtype for ch, w in waves.items()},
+                                              next(iter(waves.values())).shape[1]))
+        for name in HEADER_NAMES:
+            out[name] = part[name]
+        for ch, w in waves.items():
+            out[ch] = w
+        return out
+
     def axis(self, ref: str) -> Axis:
         return self.axes[ref]
 
@@ -139,5 +154,5 @@ class EventBatch:
                           {ref: w[keep] for ref, w in self._waves.items()})
 
     def without_waveforms(self) -> "EventBatch":
-        """Events and tables only (what `forward`/`save` with data: reduced carry)."""
+        """Events and tables only (a user stage that passes on results, not waveforms)."""
         return EventBatch(self.stream, self.modules, self.events, {}, self.axes, self.tables)

@@ -35,7 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from procnode.units import Axis
+from coordinator.units import Axis
 
 CHUNK_BYTES = 1 << 20      # per channel dataset chunk
 STAGE_BYTES = 4 << 20      # per channel staging buffer (a whole number of chunks)

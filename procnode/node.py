@@ -26,7 +26,7 @@ from coordinator.wire import (
     DATA_SOCKET_BUFFER, ProtocolError, events_from_payload, pack_credit, records_from_payload,
     unpack_data_header,
 )
-from coordinator.frames import FLAG_INCOMPLETE
+from coordinator.frames import FLAG_INCOMPLETE, frame_dtype
 from procnode.builder import EventBuilder
 from procnode.events import EventBatch
 from procnode.outbox import Outbox
@@ -82,6 +82,9 @@ class ProcNode(NodeRuntime):
             topo, self.name, self.run_no, Path(msg["run_dir"]), self._outbox_for,
             lambda m: self.fail(f"{self.name}: {m}", fatal=False))
         self.axes = ctx.axes
+        # what a chain's sender packs: its stream records with the waveforms as it cropped them
+        self.event_dtypes = {s: frame_dtype(st.channels, ctx.samples[s]) for s, st in self.streams.items()
+                             if s in ctx.samples}
         self.csv_files = info["csv_files"] = ctx.extra["csv_files"]
         for s in self.streams.values():
             if s.scheduled and not self._chained():
@@ -247,7 +250,8 @@ class ProcNode(NodeRuntime):
 
     def _on_events(self, sock: zmq.Socket, up: str, header: dict, parts: list) -> None:
         stream = self.streams[header["stream"]]
-        events, by_module, tables = events_from_payload(header, [p.buffer for p in parts[1:]], stream.dtype,
+        events, by_module, tables = events_from_payload(header, [p.buffer for p in parts[1:]],
+                                                        self.event_dtypes[stream.name],
                                                         stream.modules)
         n = len(events)
         self._time_flow(n)

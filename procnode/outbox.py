@@ -34,16 +34,20 @@ class Outbox:
         self.sent_to = {p: 0 for p in peers}        # events per receiver (what it must expect)
         self.rejected = 0
 
-    def put(self, peer: str, batch: Any, raw: bool, itemsize: int, step: int = 256) -> None:
-        """Queue a batch for `peer` in pieces of at most `step` events (never more than the peer
-        grants in total, or a piece would wait for credit forever); sends at once if it can."""
+    def put(self, peer: str, batch: Any, raw: bool, reduced: bool, step: int = 256) -> None:
+        """Queue a batch for `peer`: its events, with the waveforms (raw) and the stages' tables
+        (reduced) if asked, in pieces of at most `step` events (never more than the peer grants
+        in total, or a piece would wait for credit forever); sends at once if it can."""
         step = max(1, step)
+        records = {m: batch.records(m) for m in batch.parts} if raw else {}
+        itemsize = next(iter(records.values())).dtype.itemsize if records else 0
         for a in range(0, len(batch), step):
             rows = slice(a, min(a + step, len(batch)))
             events = batch.events[rows]
-            parts = {m: p[rows] for m, p in batch.parts.items()} if raw else {}
+            parts = {m: r[rows] for m, r in records.items()}
             seqs = events["seq"]
-            tables = {name: t[(t["seq"] >= seqs[0]) & (t["seq"] <= seqs[-1])] for name, t in batch.tables.items()}
+            tables = {name: t[(t["seq"] >= seqs[0]) & (t["seq"] <= seqs[-1])]
+                      for name, t in batch.tables.items()} if reduced else {}
             frames = pack_events(self.run, batch.stream, events, parts, tables, itemsize)
             owned = {m: seqs[(events["present"] & (1 << i)) != 0] for i, m in enumerate(batch.modules)}
             self.queue[peer].append((len(events), frames, owned))

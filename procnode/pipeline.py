@@ -8,6 +8,7 @@ named and booked; by the node's `on_stage_error` policy the run goes on or stops
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -19,20 +20,21 @@ from coordinator.ranges import RangeSet
 from procnode.events import EventBatch
 from procnode.hdf5sink import HDF5File
 from procnode.stages.base import DrainStage, Stage, StageContext
-from procnode.stages.crop import CropStage, crop_range
+from procnode.stages.crop import CropStage
+from procnode.stages.decimate import DecimateStage
 from procnode.stages.forward import ForwardStage
 from procnode.stages.histogram import HistogramStage
 from procnode.stages.pha import PhaStage, table_dtype
 from procnode.stages.save import SaveStage
 from procnode.stages.select import FilterStage
 from procnode.stages.user import UserStage
-from procnode.units import stream_axes
+from coordinator.topology.waveshape import pipeline_waves
 
 log = logging.getLogger(__name__)
 
 BUILDERS: dict[str, Callable[[dict, StageContext], Stage]] = {
     "pha": PhaStage, "filter": FilterStage, "histogram": HistogramStage, "save": SaveStage,
-    "crop": CropStage, "user": UserStage, "drain": lambda p, c: DrainStage(),
+    "crop": CropStage, "decimate": DecimateStage, "user": UserStage, "drain": lambda p, c: DrainStage(),
     "forward": lambda p, c: ForwardStage(p, c, keep=False),
     "copy": lambda p, c: ForwardStage(p, c, keep=True),
 }
@@ -135,25 +137,13 @@ class Pipeline:
                 "stage_errors": self.errors}
 
 
-def _samples_after(cfg: Any, topo: Any, stream: Any, axes: dict) -> int:
-    """Samples per waveform that reach the save stage (after any crop)."""
-    n = stream.samples
-    for st in cfg.pipeline:
-        if st.stage == "crop":
-            ax = next(iter(axes.values()))
-            a, b = crop_range(ax, n, st.params.get("start_ns"), st.params.get("stop_ns"))
-            n = b - a
-            axes = {k: v.cropped(a) for k, v in axes.items()}
-    return n
-
-
 def build_pipeline(topo: Any, node: str, run: int, run_dir: Path, outbox: Callable[[str], Any] | None,
                    on_error: Callable[[str], None]) -> tuple[Pipeline, StageContext, list[Path]]:
     """Stages of `node`, the context they share and the files they write."""
     cfg = topo.processing[node]
     streams = [topo.streams[s] for s in cfg.streams]
     modules = {s.name: tuple(s.modules) for s in streams}
-    axes = {s.name: stream_axes(topo, s.name, s.modules) for s in streams}
+    waves = pipeline_waves(topo, node)      # shape and axes before each stage
     files: list[Path] = []
     holder: dict[str, HDF5File] = {}
 
@@ -166,14 +156,17 @@ def build_pipeline(topo: Any, node: str, run: int, run_dir: Path, outbox: Callab
             files.append(path)
         return holder["file"]
 
-    ctx = StageContext(topo, node, run, Path(run_dir), streams, modules, axes, open_file, outbox)
+    def at(i: int) -> dict[str, Any]:
+        return {"axes": {s: w.axes for s, w in waves[i].items()},
+                "samples": {s: w.samples for s, w in waves[i].items()}}
+
+    ctx = StageContext(topo, node, run, Path(run_dir), streams, modules, **at(0), open_file=open_file,
+                       outbox=outbox)
     ctx.extra["tables"] = {st.params.get("name", "pulses"): table_dtype(st.params)
                            for st in cfg.pipeline if st.stage == "pha"}
-    ctx.extra["samples"] = {s.name: _samples_after(cfg, topo, s, {k: v for k, v in axes[s.name].items()})
-                            for s in streams}
     stages, labels = [], []
     for i, st in enumerate(cfg.pipeline):
-        stages.append(BUILDERS[st.stage](dict(st.params), ctx))
+        stages.append(BUILDERS[st.stage](dict(st.params), dataclasses.replace(ctx, **at(i))))
         labels.append(f"{i}:{st.stage}")
     if "file" in holder:
         holder["file"].start()

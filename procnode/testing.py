@@ -14,7 +14,7 @@ import numpy as np
 
 from coordinator.frames import frame_dtype
 from procnode.events import EVENT_DTYPE, EventBatch
-from procnode.units import Axis
+from coordinator.units import Axis
 
 #: Module name used when the waveforms are keyed by channel alone ("IN1").
 DEFAULT_MODULE = "m"

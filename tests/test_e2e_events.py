@@ -155,3 +155,42 @@ def test_a_stage_that_raises_stops_the_run_when_told_to(tmp_path):
     assert res.returncode == 1
     assert "stage 0:user raised on event seq 3" in summary["message"] and "on_stage_error: stop" in summary["message"]
     assert summary["books"]["balanced"]
+
+
+def test_three_stage_chain_carries_cropped_and_decimated_waveforms_with_their_axes(tmp_path):
+    """front saves full waveforms, crops and decimates, forwards raw only; mid finds pulses on
+    what it got and forwards both; back saves: its waveforms are front's, cropped and
+    decimated, its time axis says so, and front's table never reached it."""
+    topo = two_modules(frames=600, front={"pipeline": [
+        {"stage": "pha", "channel": "IN1", "height": 0.05},
+        {"stage": "save", "data": "raw"},
+        {"stage": "crop", "start_ns": -100, "stop_ns": 1000},
+        {"stage": "decimate", "factor": 4},
+        {"stage": "forward", "to": "mid", "data": "raw"}]},
+        mid={"pipeline": [{"stage": "pha", "channel": "IN1", "height": 0.05},
+                          {"stage": "forward", "to": "back"}]},
+        back={"pipeline": [{"stage": "save", "data": "both"}]})
+    topo["streams"]["pulses"].update(modules=["a1"])
+    del topo["acquisition"]["a2"]
+    topo["processing"] = {k: topo["processing"][k] for k in ("back", "mid", "front")}   # any order
+    res, summary = run_json(write_topology(tmp_path, topo))
+    assert res.returncode == 0, res.stderr
+    books = summary["books"]
+    assert books["balanced"] and books["saved"] == 600 and books["missing"] == 0
+    # 512 samples of 8 ns, 64 before the trigger: t0 = -512 ns; crop keeps [-96, 1000) ns = 137
+    # samples; 4 -> 1 keeps 34 samples of 32 ns, each at the centre of its 4: t0 = -96 + 12 ns
+    run_dir = Path(summary["run_dir"])
+    with h5py.File(run_dir / "front.h5") as f, h5py.File(run_dir / "back.h5") as b:
+        raw = b["entry/pulses"]
+        assert raw["IN1"].shape == (600, 34)
+        assert np.allclose(raw["time"][()], -84.0 + 32.0 * np.arange(34))
+        full = f["entry/pulses"]
+        order_f, order_b = np.argsort(full["seq"][()]), np.argsort(raw["seq"][()])
+        assert np.array_equal(full["seq"][()][order_f], raw["seq"][()][order_b])
+        cropped = full["IN1"][()][order_f][:, 52:52 + 136].reshape(600, 34, 4).astype(np.float64)
+        assert np.array_equal(np.rint(cropped.mean(axis=2)).astype(np.int16), raw["IN1"][()][order_b])
+        pulses = b["entry/reduced/pulses"]
+        assert len(pulses["seq"]) > 0 and pulses["position"][()].max() < 34    # found on the 34 samples
+        assert "pulses" not in f["entry/reduced"]        # front saved raw only
+        rows = list(zip(pulses["seq"][()].tolist(), pulses["position"][()].tolist()))
+        assert len(rows) == len(set(rows))       # front's pulses (data: raw) were not sent as well

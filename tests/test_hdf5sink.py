@@ -13,7 +13,7 @@ import pytest
 from coordinator.nodefiles import clear_write_flags, lookup3, saved_in_file
 from coordinator.topology.model import StreamConfig
 from procnode.hdf5sink import HDF5File, raw_writer
-from procnode.units import Axis
+from coordinator.units import Axis
 
 STREAM = StreamConfig("s", 64, {"IN1": "int16", "IN2": "float32"}, ("a", "b"))
 

@@ -15,7 +15,7 @@ from procnode.stages.crop import CropStage
 from procnode.stages.histogram import HistogramStage
 from procnode.stages.pha import PhaStage
 from procnode.stages.select import FilterStage
-from procnode.units import Axis
+from coordinator.units import Axis
 
 MODULES = ("a", "b")
 DTYPE = frame_dtype({"IN1": "int16"}, 256)
@@ -44,7 +44,7 @@ def _builder(timeout=1.0, tolerance=100.0, block=16):
 
 
 def _ctx(tmp_path=None, files=None):
-    return StageContext(None, "p", 1, tmp_path, [_Stream()], {"s": MODULES}, {"s": AXES},
+    return StageContext(None, "p", 1, tmp_path, [_Stream()], {"s": MODULES}, {"s": AXES}, {"s": 256},
                         files or (lambda: None))
 
 

@@ -35,12 +35,14 @@ from coordinator.topology.checks import (
 )
 from coordinator.topology.stagecheck import check_pipelines, forward_targets
 from coordinator.topology.stageschema import STAGES
+from coordinator.topology.waveshape import check_waves
 from coordinator.topology.yamlpos import Index, KeyPath
 from coordinator.topology.model import (
     COMPONENT_PARAMS,
     LOCALHOST,
     SCHEMA_VERSION,
     EMULATOR,
+    chain_order,
     AcquisitionConfig,
     BoardLink,
     Component,
@@ -482,7 +484,8 @@ def _resolve_receivers(ctx: _Context, streams: dict, acq: dict | None, proc: dic
     members = _members(streams, acq)
     targets = forward_targets(ctx, _records(proc))
     complete = bool(proc)   # every processing node's stream list is known and fine
-    for name, node in (proc or {}).items():
+    for name in chain_order(proc or {}, targets):     # a chain's next stage after its senders
+        node = proc[name]
         if not isinstance(node, Record) or "streams" in node.invalid or "modules" in node.invalid:
             complete = False
             continue
@@ -589,7 +592,12 @@ def _validate(ctx: _Context, data: Any, base_dir: Path) -> Topology:
     _cross_check(ctx, top, base_dir)
     if ctx.problems:
         raise ctx.error()
-    return _materialize(top)
+    topology = _materialize(top)
+    for path, message in check_waves(topology):
+        ctx.report(path, message)
+    if ctx.problems:
+        raise ctx.error()
+    return topology
 
 
 # ---- public API -------------------------------------------------------------------------

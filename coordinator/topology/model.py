@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -247,6 +248,17 @@ class ControlConfig:
     port: int = 0                      # 0: any free port
 
 
+def chain_order(nodes: Iterable[str], senders: Mapping[str, Iterable[str]]) -> list[str]:
+    """`nodes`, each after the nodes that send to it (`senders`: node -> its senders)."""
+    done: list[str] = []
+    pending = list(nodes)
+    while pending:
+        ready = [p for p in pending if all(u in done for u in senders.get(p, ()))]
+        done.extend(ready or pending)    # a cycle is rejected by validation; never loop
+        pending = [p for p in pending if p not in done]
+    return done
+
+
 @dataclass(frozen=True)
 class Topology:
     name: str
@@ -283,14 +295,16 @@ class Topology:
 
     def processing_order(self) -> list[str]:
         """Processing nodes, every one after those that forward to it (end-of-run order)."""
-        done: list[str] = []
-        pending = list(self.processing)
-        while pending:
-            ready = [p for p in pending if all(u in done for u in self.upstreams(p)
-                                               if u in self.processing)]
-            done.extend(ready or pending)    # a cycle is rejected by validation; never loop
-            pending = [p for p in pending if p not in done]
-        return done
+        return chain_order(self.processing, {p: [u for u in self.upstreams(p) if u in self.processing]
+                                              for p in self.processing})
+
+    def processing_levels(self) -> list[list[str]]:
+        """Processing nodes by depth in the chains: level 0 is fed by acquisition nodes, level
+        n+1 by level n.  A level needs the level before it bound (configure) and finished (end)."""
+        depth: dict[str, int] = {}
+        for name in self.processing_order():
+            depth[name] = max([depth[u] + 1 for u in self.upstreams(name) if u in depth], default=0)
+        return [[p for p, d in depth.items() if d == level] for level in sorted(set(depth.values()))]
 
     def emulated_boards(self) -> list[str]:
         """Acquisition nodes whose board the coordinator emulates."""

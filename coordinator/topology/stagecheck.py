@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.topology.checks import INVALID, Record, _Context, _did_you_mean, _join
+from coordinator.topology.model import chain_order
 from coordinator.topology.stageschema import PHA_COLUMNS, PHA_PROPERTY_COLUMNS
 from coordinator.topology.userstage import UserStageError, load_user_stage
 from coordinator.topology.yamlpos import Index
+
+#: Groups of /entry in a node's file that a histogram (/entry/<name>) must not take.
+RESERVED_GROUPS = ("reduced", "configuration")
 
 #: Stages after which nothing reaches the rest of the pipeline.
 TERMINAL = ("forward", "drain")
@@ -96,10 +100,9 @@ def check_pipelines(ctx: _Context, top: Record, base_dir: Path) -> None:
     streams = top.get("streams") if isinstance(top.get("streams"), dict) else {}
     proc = top.get("processing") if isinstance(top.get("processing"), dict) else {}
     incoming: dict[str, dict[str, set[str] | None]] = {}     # chain target -> tables sent to it
-    targets = {st.get("to") for node in proc.values() for st in _pipeline(node)
-               if st.get("stage") in ("forward", "copy")}
-    order = [n for n in proc if n not in targets] + [n for n in proc if n in targets]
-    for name in order:
+    senders = {n: [s for s, node in proc.items() for st in _pipeline(node)
+                   if st.get("stage") in ("forward", "copy") and st.get("to") == n] for n in proc}
+    for name in chain_order(proc, senders):
         node = proc[name]
         if isinstance(node, Record):
             _check_pipeline(ctx, name, node, _Channels(streams, node), base_dir, incoming)
@@ -164,7 +167,12 @@ def _check_pipeline(ctx: _Context, name: str, node: Record, channels: _Channels,
             if st.get("channel"):
                 channels.check(ctx, path + ("channel",), st["channel"])
             hname = st.get("name") or field
-            if hname in histograms:
+            taken = RESERVED_GROUPS + tuple(node.get("streams") or ())
+            if hname in taken:
+                ctx.report(path + ("name" if st.get("name") else "field",),
+                           f"a histogram named {hname!r} would take the place of the file's group "
+                           f"/entry/{hname} ({_join(taken)} are taken); give it another name")
+            elif hname in histograms:
                 ctx.report(path + ("name",), f"histogram {hname!r} is made twice (stage {histograms[hname]}); "
                                              f"give it a name")
             histograms[hname] = i

@@ -219,6 +219,10 @@ CROP = Schema({
 }, _stage, lambda r: [] if r.get("start_ns") is None or r.get("stop_ns") is None
     or r["stop_ns"] > r["start_ns"] else [("stop_ns", "expected stop_ns > start_ns")])
 
+DECIMATE = Schema({
+    "factor": Field(integer(2), required=True),
+}, _stage)
+
 
 def _mapping(value: Any) -> Any:
     if isinstance(value, dict):
@@ -237,6 +241,6 @@ USER = Schema({
 #: Pipeline stages: stage -> schema of its parameters.
 STAGES: dict[str, Schema] = {
     "pha": PHA, "filter": FILTER, "histogram": HISTOGRAM, "save": SAVE,
-    "forward": FORWARD, "copy": FORWARD, "crop": CROP, "user": USER,
+    "forward": FORWARD, "copy": FORWARD, "crop": CROP, "decimate": DECIMATE, "user": USER,
     "drain": Schema({}, _stage),
 }

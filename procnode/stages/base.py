@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from procnode.events import EventBatch
-from procnode.units import Axis
+from coordinator.units import Axis
 
 
 @dataclass
 class StageContext:
-    """The node a stage runs in: its topology, streams, channel axes and output file."""
+    """The node a stage runs in: its topology, streams, output file, and the waveforms' shape
+    and axes where the stage sits (after any crop or decimate before it)."""
 
     topo: Any
     node: str
@@ -26,7 +27,8 @@ class StageContext:
     run_dir: Path
     streams: list[Any]                               # StreamConfig of each stream received
     modules: dict[str, tuple[str, ...]]              # stream -> modules (bit order of `present`)
-    axes: dict[str, dict[str, Axis]]                 # stream -> "module.CH" -> Axis
+    axes: dict[str, dict[str, Axis]]                 # stream -> "module.CH" -> Axis, at this stage
+    samples: dict[str, int]                          # stream -> samples per waveform, at this stage
     open_file: Callable[[], Any]                     # the node's HDF5File, made on first use
     outbox: Callable[[str], Any] | None = None       # processing node name -> Outbox (forward/copy)
     extra: dict[str, Any] = field(default_factory=dict)

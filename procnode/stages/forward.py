@@ -11,15 +11,12 @@ class ForwardStage(Stage):
         self.kind = "copy" if keep else "forward"
         self.to = params["to"]
         self.raw = params.get("data", "both") in ("raw", "both")
+        self.reduced = params.get("data", "both") in ("reduced", "both")
         self.outbox = ctx.outbox(self.to)
         self.keep = keep
-        self.itemsize = {s.name: s.dtype.itemsize for s in ctx.streams}
         self.step = min(256, ctx.topo.processing[self.to].credits)   # what the receiver can ever grant
 
     def process(self, batch: EventBatch) -> EventBatch | None:
         if len(batch):
-            if not self.raw:
-                batch = batch.without_waveforms() if not self.keep else batch
-            self.outbox.put(self.to, batch, self.raw and bool(batch.parts), self.itemsize[batch.stream],
-                            self.step)
+            self.outbox.put(self.to, batch, self.raw and bool(batch.parts), self.reduced, self.step)
         return batch if self.keep else None

@@ -16,7 +16,7 @@ import numpy as np
 from procnode.events import EventBatch
 from procnode.peaks import find_peaks_batch
 from procnode.stages.base import Stage, StageContext
-from procnode.units import Axis
+from coordinator.units import Axis
 
 #: find_peaks property -> (column, dtype, scaled to the physical unit)
 PROPERTIES = {

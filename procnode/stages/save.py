@@ -45,7 +45,7 @@ class SaveStage(Stage):
                 for st in ctx.streams:
                     axes = {ch: ctx.axes[st.name][f"{ctx.modules[st.name][0]}.{ch}"] for ch in st.channels}
                     self.waves[st.name] = raw_writer(self.file, st, axes, compression, params.get("chunk_frames"),
-                                                     ctx.extra.get("samples", {}).get(st.name))
+                                                     ctx.samples[st.name])
         else:
             self.file = None
             self.folder = Path(ctx.run_dir)
