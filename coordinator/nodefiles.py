@@ -9,25 +9,34 @@ from pathlib import Path
 
 import h5py
 
-from coordinator.ranges import ranges_of
+from coordinator.ranges import RangeSet
 
 
 def saved_in_file(path: Path) -> dict[str, list[tuple[int, int]]]:
-    """module -> seq ranges present in a node file.
+    """module -> seq ranges present in a node file: raw parts (/entry/<stream>) and the
+    events tables (/entry/reduced/events*, which a reduced-only or sparse save also writes).
 
     Opens the file read-only in SWMR mode, so a file whose writer died mid-run is read up
     to its last flush.
     """
-    out: dict[str, list[tuple[int, int]]] = {}
+    out: dict[str, RangeSet] = {}
     with h5py.File(path, "r", libver="latest", swmr=True) as f:
-        for group in f["entry"].values():
-            if group.attrs.get("NX_class") != "NXdata" or "module" not in group:
-                continue
-            names = [n.decode() if isinstance(n, bytes) else str(n) for n in group["module"].attrs["names"]]
-            seq, module = group["seq"][()], group["module"][()]
-            for i, name in enumerate(names):
-                out.setdefault(name, []).extend(ranges_of(seq[module == i]))
-    return out
+        entry = f["entry"]
+        for group in entry.values():
+            if group.attrs.get("NX_class") == "NXdata" and "module" in group:
+                seq, module = group["seq"][()], group["module"][()]
+                for i, name in enumerate(_names(group["module"])):
+                    out.setdefault(name, RangeSet()).add_seqs(seq[module == i])
+        for name, group in entry.get("reduced", {}).items():
+            if (name == "events" or name.startswith("events_")) and "present" in group:
+                seq, present = group["seq"][()], group["present"][()]
+                for i, module in enumerate(_names(group["present"])):
+                    out.setdefault(module, RangeSet()).add_seqs(seq[(present & (1 << i)) != 0])
+    return {m: list(r) for m, r in out.items()}
+
+
+def _names(ds: h5py.Dataset) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in ds.attrs["names"]]
 
 
 _M = 0xFFFFFFFF

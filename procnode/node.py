@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from coordinator.noderuntime import NodeRuntime
@@ -28,7 +29,7 @@ from coordinator.wire import (
 )
 from coordinator.frames import FLAG_INCOMPLETE, frame_dtype
 from procnode.builder import EventBuilder
-from procnode.events import EventBatch
+from procnode.events import EVENT_DTYPE, EventBatch
 from procnode.outbox import Outbox
 from procnode.pipeline import StageFailure, build_pipeline
 
@@ -203,7 +204,7 @@ class ProcNode(NodeRuntime):
                 else:
                     self._on_events(sock, up, header, parts)
             except ProtocolError as exc:
-                self._reject(sock, up, header, exc)
+                self._reject(sock, up, header, exc, parts[1:])
         self._maybe_finish()
 
     def _check_header(self, header: dict, up: str) -> None:
@@ -294,17 +295,35 @@ class ProcNode(NodeRuntime):
             self.flow["frames_after_first"] += n
         self.flow["t_last"] = now
 
-    def _reject(self, sock: zmq.Socket, up: str, header: dict | None, exc: Exception) -> None:
+    def _reject(self, sock: zmq.Socket, up: str, header: dict | None, exc: Exception,
+                payload: list | None = None) -> None:
         """Count and drop a bad message; if its header was readable, book its seqs as corrupt
         and give its credit back, so one bad message neither stalls the flow nor hides frames."""
         self.rejected += 1
         log.warning("rejected data message from %s: %s", up, exc)
-        if header and header.get("t") == "frames" and header.get("module") == up:
-            first, last, n = header["first"], header["last"], header["n"]
-            if 0 <= first <= last and 0 < n <= self.cfg.credits:
-                self.corrupt.setdefault(up, RangeSet()).add(first, last + 1)
-                self.received[up] += n
-                self._grant(sock, n)
+        t = header.get("t") if header else None
+        if t not in ("frames", "events") or header.get("run") != self.run_no:
+            return
+        first, last, n = header["first"], header["last"], header["n"]
+        if not (0 <= first <= last and 0 < n <= self.cfg.credits):
+            return
+        if t == "frames":
+            if header.get("module") != up:
+                return
+            self.corrupt.setdefault(up, RangeSet()).add(first, last + 1)
+        else:
+            stream = self.streams.get(header["stream"])
+            if stream is None or up not in self.topo.processing:
+                return
+            exact = _events_seqs(payload, n, first, last, stream.modules)
+            for module in stream.modules:
+                books = self.corrupt.setdefault(module, RangeSet())
+                if exact is None:
+                    books.add(first, last + 1)
+                else:
+                    books.add_seqs(exact[module])
+        self.received[up] += n
+        self._grant(sock, n)
 
     def _poll_stages(self) -> None:
         if self.pipeline is not None:
@@ -384,3 +403,17 @@ class ProcNode(NodeRuntime):
             sock.close(linger=0)
         if self.forward_sock is not None:
             self.forward_sock.close(linger=0)
+
+
+def _events_seqs(payload: list | None, n: int, first: int, last: int,
+                 modules: list[str]) -> dict[str, np.ndarray] | None:
+    """Seqs per module of a rejected `events` message, from its events table if that part is
+    whole and agrees with the header; None if not (the caller books first..last of every
+    module: saved seqs stay saved in the books, so that only names what is really missing)."""
+    try:
+        ev = np.frombuffer(payload[0].buffer, EVENT_DTYPE) if payload else None
+    except (ValueError, AttributeError):
+        ev = None
+    if ev is not None and len(ev) == n and int(ev["seq"][0]) == first and int(ev["seq"][-1]) == last:
+        return {m: ev["seq"][(ev["present"] & (1 << i)) != 0] for i, m in enumerate(modules)}
+    return None

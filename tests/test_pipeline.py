@@ -285,3 +285,95 @@ def test_procnode_rejects_parts_of_a_module_it_was_not_told_about(tmp_path):
         for r in routers.values():
             r.close(linger=0)
         ctx.term()
+
+
+def test_a_rejected_events_message_is_booked_as_corrupt_and_its_credit_comes_back(tmp_path):
+    """Real sockets: the second node of a chain gets one good and two bad `events` messages
+    from the first; the bad ones are counted, their seqs booked as corrupt (exactly, when the
+    events table is readable), and their credit given back so the sender is not starved."""
+    import time
+
+    import msgpack
+    import zmq
+
+    from coordinator.topology import topology_from_dict
+    from coordinator.wire import pack_events, unpack_data_header
+    from procnode.events import EVENT_DTYPE
+    from procnode.node import ProcNode
+
+    topo = topology_from_dict({
+        "topology": 1, "name": "t", "run": {"directory": str(tmp_path)},
+        "streams": {"s": {"samples": 256, "channels": {"IN1": "int16"}}},
+        "acquisition": {"a": {"stream": "s", "source": {"kind": "synthetic"}}},
+        "processing": {"f": {"pipeline": [{"stage": "forward", "to": "back"}]},
+                       "back": {"pipeline": [{"stage": "drain"}]}}})
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def message(seqs, cut_part=False, cut_events=False):
+        ev = np.zeros(len(seqs), EVENT_DTYPE)
+        ev["seq"], ev["present"] = seqs, 1
+        recs = _frames(seqs)
+        frames = pack_events(1, "s", ev, {"a": recs}, {}, recs.dtype.itemsize)
+        if cut_part:
+            frames[2] = recs.tobytes()[:-10]
+        if cut_events:
+            head = msgpack.unpackb(frames[0])
+            head.update(first=20, last=23)
+            frames[0], frames[1] = msgpack.packb(head), b"garbage"
+        return frames
+
+    node = ProcNode("back", "tcp://127.0.0.1:9")
+    try:
+        node.on_configure({"topology": topo.to_dict(), "run": 1, "run_dir": str(tmp_path),
+                           "params": {"endpoints": {"f": endpoint}}})
+        sock = next(iter(node.upstream))
+        deadline = time.monotonic() + 5
+        for frames in (message([0, 1, 2]), message([10, 12], cut_part=True), message([20, 21], cut_events=True)):
+            while True:
+                try:
+                    router.send_multipart([b"back", *frames])
+                    break
+                except zmq.ZMQError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+        while node.received["f"] < 7 and time.monotonic() < deadline:
+            if sock.poll(50):
+                node._on_data(sock)
+        assert node.rejected == 2 and node.received["f"] == 7
+        assert node.corrupt["a"].to_list() == [[10, 11], [12, 13], [20, 24]]
+        assert node.pipeline.vetoed["a"].to_list() == [[0, 3]]
+        credit = 0
+        while credit < 7 and time.monotonic() < deadline:
+            if router.poll(50):
+                credit += unpack_data_header(router.recv_multipart()[1])["n"]
+        assert credit == 7
+    finally:
+        node.close()
+        node.control.close(linger=0)
+        node.ctx.term()
+        router.close(linger=0)
+        ctx.term()
+
+
+def test_a_reduced_only_file_tells_what_it_saved_part_by_part(tmp_path):
+    """What the coordinator salvages from a node that died: a reduced-only save keeps no
+    waveform, but its events table says which parts of which events it saved."""
+    from coordinator.nodefiles import saved_in_file
+    from procnode.hdf5sink import HDF5File
+    from procnode.stages.save import SaveStage
+
+    f = HDF5File(tmp_path / "r.h5", 1, "p", {})
+    save = SaveStage({"data": "reduced"}, _ctx(tmp_path, lambda: f))
+    f.start()
+    batch = _batch(n=40)
+    batch.events["present"][5] = 1         # event 5 came without b's part
+    save.process(batch)
+    f.flush()                              # still open, as in a crash after a flush
+    assert "s" not in f.file["entry"]      # no raw group: only the events table tells
+    expected = {"a": [(0, 40)], "b": [(0, 5), (6, 40)]}
+    assert saved_in_file(tmp_path / "r.h5") == expected
+    assert {m: [tuple(r) for r in rs.to_list()] for m, rs in save.saved.items()} == expected
+    f.close()
