@@ -232,7 +232,7 @@ class AcqNode(NodeRuntime):
                 "sent_bytes": self.shipper.sent_bytes, "ring_fill": st.fill, "ring_slots": st.slots,
                 "overflow": st.overflow, "credits": sum(self.shipper.credits.values()),
                 "rejected": self.shipper.rejected, "reader_cpu_s": cpu,
-                "stalled_s": dict(self.shipper.stalled)}
+                "stalled_s": self.shipper.stalled_so_far()}
 
     # -- cleanup -----------------------------------------------------------------------
     def close(self) -> None:

@@ -146,6 +146,15 @@ class Shipper:
             recs = recs[:int(np.searchsorted(recs["seq"], end))]
         return peer, recs
 
+    def stalled_so_far(self) -> dict[str, float]:
+        """s the senders waited per peer, the wait going on now included: a receiver that
+        hangs shows up at once, not when it finally takes frames again."""
+        out = dict(self.stalled)
+        if self._stall is not None:
+            peer, since = self._stall
+            out[peer] += time.monotonic() - since
+        return out
+
     def _end_stall(self) -> None:
         if self._stall is not None:
             peer, since = self._stall
@@ -247,7 +256,7 @@ class Shipper:
             "send_failed": self.send_failed.to_list(),
             "sent_frames": self.sent_frames, "sent_bytes": self.sent_bytes,
             "messages": self.messages, "rejected": self.rejected,
-            "stalled_s": {p: round(t, 3) for p, t in self.stalled.items()},
+            "stalled_s": {p: round(t, 3) for p, t in self.stalled_so_far().items()},
         }
 
 

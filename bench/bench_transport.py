@@ -97,14 +97,15 @@ def system(size_name: str, pipeline: list, frames: int, workdir: Path, batch: in
     proc_report = summary["nodes"]["proc"]["report"]
     # timed like the baseline: at the receiver, from the first message to the last
     flow = proc_report["flow"]
+    stages = proc_report["pipeline"]["stages"]
     dt = flow["t_last"] - flow["t_first"]
     moved = flow["frames_after_first"]
     states = {h["state"]: h["time"] for h in summary["states"]}
     out = {"frames_per_s": moved / dt, "MB_per_s": moved * itemsize / dt / 1e6, "frames": n, "seconds": dt,
            "seconds_running_to_stopped": states["stopped"] - states["running"],
            "messages": summary["nodes"]["acq"]["report"]["messages"],
-           "stage_seconds": proc_report.get("stage_seconds", {}),
-           "stage_detail": proc_report.get("stage_detail", {}),
+           "stage_seconds": {label: st["seconds"] for label, st in stages.items()},
+           "file_detail": next((st for label, st in stages.items() if label.endswith(":file")), {}),
            "cpu_s_per_GB": {name: round((v["counters"].get("cpu_s", 0) + (v["counters"].get("reader_cpu_s") or 0))
                                         / (n * itemsize / 1e9), 3) for name, v in summary["nodes"].items()},
            "balanced": summary["books"]["balanced"]}
@@ -181,7 +182,7 @@ def main() -> None:
             print(f"{size_name:>6} {'+ hdf5':>10} {h['frames_per_s']:>10,.0f} {h['MB_per_s']:>8,.0f} "
                   f"{h['MB_per_s'] / row['baseline_MB_per_s']:>6.2f} {'':>12}  "
                   f"save stage busy {100 * h['save_fraction']:.0f}% of the run")
-            detail = next(iter(h["stage_detail"].values()), {})
+            detail = {k: v for k, v in h["file_detail"].items() if k != "seconds"}
             print(f"{'':>18} where the save stage's time goes (s): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in detail.items())
                   + f"; run {h['seconds']:.2f} s; CPU s/GB {h['cpu_s_per_GB']}")

@@ -86,7 +86,7 @@ class ProcNode(NodeRuntime):
         # what a chain's sender packs: its stream records with the waveforms as it cropped them
         self.event_dtypes = {s: frame_dtype(st.channels, ctx.samples[s]) for s, st in self.streams.items()
                              if s in ctx.samples}
-        self.csv_files = info["csv_files"] = ctx.extra["csv_files"]
+        info["csv_files"] = self.pipeline.csv_files()
         for s in self.streams.values():
             if s.scheduled and not self._chained():
                 ev = self.cfg.events
@@ -372,13 +372,13 @@ class ProcNode(NodeRuntime):
             events["complete"] += b.stats.complete
             events["incomplete"] += b.stats.incomplete
             events["late_parts"] += sum(r.count() for r in b.stats.late.values())
-            events["late"] = {m: r.to_list() for m, r in b.stats.late.items() if len(r)}
+            events.setdefault("late", {}).update({m: r.to_list() for m, r in b.stats.late.items() if len(r)})
             events["time_mismatch"] += b.stats.mismatch.to_list()
         for m, r in self.discarded.items():
             incomplete.setdefault(m, RangeSet()).update(r)
         out = self.outbox.report() if self.outbox else {}
         self.eor = {"received": self.received, "recv_bytes": self.recv_bytes, "rejected": self.rejected,
-                    "files": [str(f) for f in self.files], "csv_files": self.csv_files,
+                    "files": [str(f) for f in self.files], "csv_files": self.pipeline.csv_files(),
                     "saved": {m: r.to_list() for m, r in self.pipeline.saved().items()},
                     "vetoed": {m: r.to_list() for m, r in self.pipeline.vetoed.items()},
                     "stage_error": {m: r.to_list() for m, r in self.pipeline.stage_error.items()},

@@ -131,6 +131,10 @@ class Pipeline:
                 out.setdefault(m, RangeSet()).update(r)
         return out
 
+    def csv_files(self) -> list[str]:
+        """CSV tables written so far (a table first seen mid-run gets its file then)."""
+        return sorted(str(t.path) for s in self.stages for t in getattr(s, "sinks", ()))
+
     def report(self) -> dict:
         return {"stages": {label: {"seconds": round(t, 6), **s.report()}
                            for label, s, t in zip(self.labels, self.stages, self.seconds)},
@@ -172,7 +176,6 @@ def build_pipeline(topo: Any, node: str, run: int, run_dir: Path, outbox: Callab
         holder["file"].start()
         stages.append(_FileKeeper(holder["file"]))
         labels.append(f"{len(cfg.pipeline)}:file")
-    ctx.extra["csv_files"] = sorted(str(p) for p in Path(run_dir).glob(f"{node}-*.csv"))
     return Pipeline(stages, labels, cfg.on_stage_error, on_error), ctx, files
 
 

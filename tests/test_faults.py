@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 
+from coordinator import PROTOCOL_VERSION
 from conftest import (coordinator_cmd, free_port, run_json, small_topology, write_topology)
 from test_e2e import assert_books_by_seq
 
@@ -105,10 +106,11 @@ def test_garbage_on_control_and_data_sockets(tmp_path):
     topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000,
                              "control.port": control_port, "acquisition.synth1.data_port": data_port})
     rng = np.random.default_rng(1)
+    v = PROTOCOL_VERSION
     garbage = [b"", b"\x00" * 10, rng.bytes(100), msgpack.packb([1, 2, 3]), msgpack.packb({"v": 99, "t": "stats"}),
-               msgpack.packb({"v": 1, "t": "nonsense"}), msgpack.packb({"v": 1, "t": "stats", "state": 5}),
-               msgpack.packb({"v": 1, "t": "credit", "n": 10**6, "run": 1}),
-               msgpack.packb({"v": 1, "t": "frames", "run": 1, "stream": "pulses", "module": "synth1",
+               msgpack.packb({"v": v, "t": "nonsense"}), msgpack.packb({"v": v, "t": "stats", "state": 5}),
+               msgpack.packb({"v": v, "t": "credit", "n": 10**6, "run": 1}),
+               msgpack.packb({"v": v, "t": "frames", "run": 1, "stream": "pulses", "module": "synth1",
                               "n": 1, "first": 0, "last": 0, "itemsize": 3})]
 
     def fire(proc: subprocess.Popen) -> None:
