@@ -1,4 +1,5 @@
-"""Boards the coordinator emulates itself (`address: emulator`): one emulator process per run.
+"""Boards the coordinator emulates itself (`address: emulator`): one emulator process per run,
+on the coordinator's machine, listening on its control address (where every node reaches it).
 
 `python -m coordinator.emulated SETTINGS_JSON READY_FILE` serves every emulated board of
 the run with the topology's `emulator` settings until SIGTERM; the coordinator reads the
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from coordinator.launcher import LocalLauncher
+from coordinator.launcher import Launcher
 from coordinator.topology.model import Component, Topology
 
 READY_TIMEOUT = 10.0
@@ -26,7 +27,7 @@ class StartupFailure(Exception):
 def emulator_settings(topo: Topology) -> dict:
     """What the emulator process needs, as plain data."""
     e = topo.emulator
-    return {"boards": topo.emulated_boards(), "rate": e.rate, "seed": e.seed, "shared": e.shared,
+    return {"boards": topo.emulated_boards(), "host": topo.control.address, "rate": e.rate, "seed": e.seed, "shared": e.shared,
             "common_trigger": e.common_trigger,
             "rise_ns": e.rise_ns, "decay_ns": e.decay_ns, "noise": e.noise, "baseline": e.baseline,
             "polarity": e.polarity, "bandwidth": e.bandwidth, "latency": e.latency,
@@ -35,7 +36,7 @@ def emulator_settings(topo: Topology) -> dict:
 
 
 def start_emulator(topo: Topology, run_dir: Path, log_path: Path,
-                   launcher: LocalLauncher) -> tuple[subprocess.Popen, dict[str, dict]]:
+                   launcher: Launcher) -> tuple[subprocess.Popen, dict[str, dict]]:
     """Start the run's emulator; returns the process and {board: {"scpi": [h, p], "mcpha": [h, p]}}."""
     ready = run_dir / "emulator.json"
     proc = launcher.spawn([sys.executable, "-m", "coordinator.emulated",
@@ -66,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     settings, ready = json.loads(argv[0]), Path(argv[1])
     amplitude = tuple(Component(**c) for c in settings.pop("amplitude"))
     boards = tuple(settings.pop("boards"))
+    host = settings.pop("host", "127.0.0.1")
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     signal.signal(signal.SIGINT, lambda *a: stop.append(1))
-    with Emulator(EmulatorConfig(boards=boards, host="127.0.0.1", amplitude=amplitude, **settings)) as emu:
+    with Emulator(EmulatorConfig(boards=boards, host=host, amplitude=amplitude, **settings)) as emu:
         ports = {b: {"scpi": list(emu.scpi_address(b)), "mcpha": list(emu.mcpha_address(b))} for b in boards}
         tmp = ready.with_suffix(".tmp")
         tmp.write_text(json.dumps(ports))

@@ -1,26 +1,71 @@
-"""Starting nodes.  Local processes now; ssh, command templates and manual joins (issue 5) plug in here."""
+"""Starting a run's nodes on their hosts: a local process, ssh, a command template, or an
+operator who starts the node by hand (`manual`).
+
+Whatever the way, a node is started with only the coordinator's control address and its
+name; everything else comes in `configure`.  The node's output goes to the run log (for
+ssh and templates: whatever the wrapper passes back).  A node whose wrapper process dies,
+or that stops answering, is noticed by the coordinator's liveness checks; a node on
+another host whose coordinator goes silent stops by itself, so none outlives a run.
+"""
 from __future__ import annotations
 
+import logging
+import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from coordinator.procutil import set_pdeathsig
 
+log = logging.getLogger(__name__)
+
 ROLE_MODULES = {"acquisition": "acqnode", "processing": "procnode"}
+ROLE_COMMANDS = {"acquisition": "daq-acqnode", "processing": "daq-procnode"}
+#: ssh options: never prompt (a run must not hang on a password), give up on a dead host fast.
+SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "ServerAliveInterval=2",
+               "-o", "ServerAliveCountMax=3"]
 
 
-class LocalLauncher:
-    """Each node a child process of the coordinator, in its own session so a terminal Ctrl-C
-    reaches only the coordinator (which then stops the run in order), and with a parent-death
-    signal so no node outlives a coordinator that was killed."""
+def node_argv(role: str, name: str, control: str, python: str | None) -> list[str]:
+    """The command line that starts a node: `python -m acqnode ...` with a known interpreter,
+    else the installed command (`daq-acqnode ...`) found on the host's PATH."""
+    head = [python, "-m", ROLE_MODULES[role]] if python else [ROLE_COMMANDS[role]]
+    return [*head, "--coordinator", control, "--name", name]
 
-    def launch(self, name: str, role: str, control: str, log_path: Path) -> subprocess.Popen:
-        return self.spawn([sys.executable, "-m", ROLE_MODULES[role], "--coordinator", control,
-                           "--name", name], log_path)
+
+class Launcher:
+    """Starts every process of a run.  Local processes run in their own session (a terminal
+    Ctrl-C reaches only the coordinator, which stops the run in order) with a parent-death
+    signal (none outlives a coordinator that was killed)."""
+
+    def __init__(self, hosts: dict[str, Any] | None = None) -> None:
+        self.hosts = hosts or {}
+
+    def launch(self, name: str, role: str, host: str, control: str, log_path: Path) -> subprocess.Popen | None:
+        """Start node `name` on `host`; None for a manual host (the operator starts it)."""
+        cfg = self.hosts.get(host)
+        how = cfg.launch if cfg is not None else "local"
+        if how == "local":
+            return self.spawn(node_argv(role, name, control, sys.executable), log_path)
+        if how == "manual":
+            log.warning("host %s: start node %s there by hand: %s", host, name,
+                        shlex.join(node_argv(role, name, control, cfg.python)))
+            return None
+        if how == "ssh":
+            remote = shlex.join(node_argv(role, name, control, cfg.python))
+            return self.spawn(["ssh", *SSH_OPTIONS, cfg.address, remote], log_path)
+        command = shlex.join(node_argv(role, name, control, cfg.python or sys.executable))
+        return self.spawn(["/bin/sh", "-c", render_template(how, host, cfg.address, command)], log_path)
 
     def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen:
-        """Any helper process of the run (nodes, emulated boards), its output in the run log."""
+        """Any process of the run (nodes, their wrappers, emulated boards), output in the run log."""
         with open(log_path, "ab", buffering=0) as logf:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=set_pdeathsig)
+
+
+def render_template(template: str, host: str, address: str, command: str) -> str:
+    """A host's launch template with its fields filled: {host} and {address} shell-quoted,
+    {command} the node's command line (already quoted, one shell word list)."""
+    return template.format(host=shlex.quote(host), address=shlex.quote(address), command=command)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ from coordinator.books import Books, balance
 from coordinator.control import ControlServer, StartupError
 from coordinator.dispatch import DispatchSchedule, rebalance
 from coordinator.emulated import StartupFailure, board_address, start_emulator
-from coordinator.launcher import LocalLauncher
+from coordinator.launcher import Launcher
 from coordinator.nodefiles import clear_write_flags, saved_in_file
 from coordinator.procutil import terminate
 from coordinator.rundir import MASTER_FILE, RunDirectory, last_lines, versions
@@ -166,22 +167,24 @@ class Coordinator:
 
     # ---------------------------------------------------------------- phases
     def _check_launchable(self) -> None:
-        """Only local launching exists yet (ssh, templates and manual joins come with issue 5):
-        refuse, before anything starts, a topology that asks for more, rather than quietly
-        starting its nodes here with addresses that are not this machine's."""
-        remote = sorted({f"{n.host} (launch: {self.topo.hosts[n.host].launch}, address "
-                         f"{self.topo.hosts[n.host].address})" for n in self.nodes.values()
-                         if n.host in self.topo.hosts and self.topo.hosts[n.host].launch != "local"})
-        if remote:
-            raise StartupError("this version starts nodes only on this machine; hosts "
-                               + ", ".join(remote) + " need another launcher. Run with --loopback "
-                               "to map every host to this machine.")
+        """Before anything starts: nodes on other hosts can reach the coordinator, and say
+        when data and control sockets are open to a network without authentication."""
+        ctl = self.topo.control.address
+        far = sorted({h for h in (n.host for n in self.nodes.values()) if h in self.topo.hosts
+                      and not _loopback(self.topo.hosts[h].address)})
+        if far and _loopback(ctl):
+            raise StartupError(f"nodes on {', '.join(far)} cannot reach the coordinator at {ctl}: set "
+                               f"control.address to this machine's address on their network (or run "
+                               f"with --loopback to map every host to this machine)")
+        if far:
+            log.warning("nodes on %s listen on network addresses without authentication: anyone on that "
+                        "network can send them frames or commands", ", ".join(far))
 
     def _execute(self) -> None:
         self._check_launchable()
         known = set(self.nodes)
         self.ctl = ControlServer(self.ctx, self.topo.control.address, self.topo.control.port, known)
-        launcher = LocalLauncher()
+        launcher = Launcher(self.topo.hosts)
         boards: dict[str, list] = {}
         if self.topo.emulated_boards():
             try:
@@ -192,8 +195,8 @@ class Coordinator:
             boards = {b: board_address(self.topo, b, ports) for b in ports}
             log.info("emulated boards: %s", ", ".join(f"{b} at {h}:{p}" for b, (h, p) in boards.items()))
         for n in self.nodes.values():
-            n.proc = launcher.launch(n.name, n.role, self.ctl.endpoint, self.rundir.log_path)
-            n.pid = n.proc.pid
+            n.proc = launcher.launch(n.name, n.role, n.host, self.ctl.endpoint, self.rundir.log_path)
+            n.pid = n.proc.pid if n.proc is not None else None
         timeout = self.topo.run.start_timeout
         self._wait(lambda: all(n.registered for n in self.nodes.values()), timeout, "registration")
 
@@ -551,3 +554,10 @@ class Coordinator:
         }
         self.rundir.write_json(summary)
         return summary
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"

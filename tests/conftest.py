@@ -124,20 +124,40 @@ def coordinator_cmd(*args: str) -> list[str]:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 90,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+            env: dict | None = None, wrap: list[str] = ()) -> subprocess.CompletedProcess:
+    """The coordinator's command line; `wrap` runs it through another command (a namespace)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(coordinator_cmd(*args), cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([*wrap, *coordinator_cmd(*args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
 
 
-def run_json(topo_path: Path, *extra: str, env: dict | None = None,
-             timeout: float = 90) -> tuple[subprocess.CompletedProcess, dict | None]:
-    res = run_cli("run", str(topo_path), "--json", *extra, cwd=topo_path.parent, env=env, timeout=timeout)
+def run_json(topo_path: Path, *extra: str, env: dict | None = None, timeout: float = 90,
+             wrap: list[str] = ()) -> tuple[subprocess.CompletedProcess, dict | None]:
+    res = run_cli("run", str(topo_path), "--json", *extra, cwd=topo_path.parent, env=env, timeout=timeout,
+                  wrap=wrap)
     try:
         summary = json.loads(res.stdout)
     except json.JSONDecodeError:
         summary = None
     return res, summary
+
+
+@pytest.fixture
+def testnet(request):
+    """Hosts in network namespaces (tests/testnet.py), removed afterwards; the test names its
+    hosts with `@pytest.mark.hosts("ctl", "a1", ...)`.  Skips, saying why, where namespaces
+    cannot be made (not root, no iproute2)."""
+    from testnet import TestNet, available
+    why = available()
+    if why:
+        pytest.skip(why)
+    marker = request.node.get_closest_marker("hosts")
+    net = TestNet(f"dq{os.getpid() % 100000}", list(marker.args if marker else ("ctl", "a1", "p1")))
+    net.up()
+    try:
+        yield net
+    finally:
+        net.down()
 
 
 def free_port() -> int:

@@ -423,12 +423,13 @@ def test_common_trigger_a_board_not_armed_holds_the_group():
 
 def test_common_trigger_in_config_cli_and_coordinator_settings():
     from coordinator.emulated import emulator_settings
-    from coordinator.topology.model import EmulatorSettings
+    from coordinator.topology.model import ControlConfig, EmulatorSettings
 
     with pytest.raises(ValueError, match="common_trigger"):
         EmulatorConfig(common_trigger="yes")
     assert EmulatorConfig().common_trigger is False and Emulator().trigger_group is None
-    topo = SimpleNamespace(emulator=EmulatorSettings(common_trigger=True), emulated_boards=lambda: ["rp1", "rp2"])
+    topo = SimpleNamespace(emulator=EmulatorSettings(common_trigger=True), emulated_boards=lambda: ["rp1", "rp2"],
+                           control=ControlConfig())
     settings = emulator_settings(topo)
     assert settings["common_trigger"] is True
     amplitude = tuple(Component(**c) for c in settings.pop("amplitude"))

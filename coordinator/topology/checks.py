@@ -245,11 +245,13 @@ def one_of(*choices: str, null: bool = False) -> Leaf:
     return Leaf(want, convert)
 
 
-def text(pattern: str | None = None, noun: str = "a non-empty string") -> Leaf:
-    """A non-empty string, optionally matching a regular expression (whole string)."""
-    want = f"{noun} matching {pattern}" if pattern else noun
+def text(pattern: str | None = None, noun: str = "a non-empty string", *, null: bool = False) -> Leaf:
+    """A non-empty string, optionally matching a regular expression (whole string), or null."""
+    want = (f"{noun} matching {pattern}" if pattern else noun) + (" or null" if null else "")
 
     def convert(value: Any) -> Any:
+        if value is None and null:
+            return value
         if isinstance(value, str) and value and (pattern is None or re.fullmatch(pattern, value)):
             return value
         raise Reject()

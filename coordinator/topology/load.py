@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.frames import HEADER_NAMES, channel_dtype
+from coordinator.launcher import render_template
 from coordinator.topology import yamlpos
 from coordinator.topology.checks import (
     INVALID, Check, Field, Leaf, ListOf, Named, OneOrMany, Problem, Record, Reject, Schema, Section,
@@ -98,7 +99,14 @@ def _channel_name(value: Any) -> str:
 
 
 def _launch(value: Any) -> str:
-    if isinstance(value, str) and (value in LAUNCH_MODES or "{command}" in value):
+    if isinstance(value, str) and value in LAUNCH_MODES:
+        return value
+    if isinstance(value, str) and "{command}" in value:
+        try:
+            render_template(value, "h", "a", "c")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise Reject(hint=f"; the template's fields are {{host}}, {{address}} and {{command}} "
+                              f"(braces doubled for a literal brace), not {exc}") from None
         return value
     raise Reject(hint=_did_you_mean(value, list(LAUNCH_MODES)) if isinstance(value, str) else "")
 
@@ -152,6 +160,7 @@ CONTROL = Schema({
 HOST = Schema({
     "address": Field(text(noun="an address"), required=True),
     "launch": Field(Leaf("local, ssh, manual or a command template containing {command}", _launch)),
+    "python": Field(text(noun="the path of a Python interpreter on that host", null=True)),
 }, _model(HostConfig))
 
 STREAM = Schema({
@@ -353,6 +362,12 @@ def _check_hosts(ctx: _Context, top: Record, acq: dict | None, proc: dict | None
             if node.ok("host") and host != LOCALHOST and host not in hosts:
                 ctx.report((section, name, "host"),
                            f"host {host!r} is not defined{_did_you_mean(host, list(hosts))}; {known}")
+    control = top.get("control")
+    port = control.get("port", 0) if isinstance(control, Record) else 0
+    for name, h in _records(hosts).items():
+        if h.get("launch") == "manual" and port == 0:
+            ctx.report(("hosts", name, "launch"), "an operator who starts nodes by hand needs to know the "
+                                                  "coordinator's port: set control.port (and control.address)")
 
 
 def _check_acquisition_streams(ctx: _Context, streams: dict, acq: dict | None) -> None:

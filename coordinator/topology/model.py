@@ -167,6 +167,7 @@ class HostConfig:
     name: str
     address: str = "127.0.0.1"
     launch: str = "local"              # local | ssh | manual | template containing {command}
+    python: str | None = None          # interpreter there (default: ssh/manual the daq-* commands, else this one)
 
 
 @dataclass(frozen=True)

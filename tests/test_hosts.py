@@ -1,0 +1,109 @@
+"""One topology on several hosts: network-namespace hosts made by the test (tests/testnet.py),
+nodes launched there by a command template, sockets bound on each host's own address."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import pytest
+
+from conftest import coordinator_cmd, free_port, run_json, write_topology
+
+pytestmark = pytest.mark.usefixtures("clean_system")
+
+HOSTS = ("ctl", "acq1", "acq2", "proc1", "proc2")
+
+
+def cluster(net, frames: int = 600, **run) -> dict:
+    """Two boards on two acquisition hosts, two processing hosts; the coordinator (and the
+    emulated boards) on `ctl`."""
+    launch = f"ip netns exec {net.prefix}-{{host}} {{command}}"
+    return {
+        "topology": 1, "name": "cluster",
+        "run": {"directory": "runs", "frames": frames, **run},
+        "control": {"address": net.addresses["ctl"]},
+        "hosts": {h: {"address": net.addresses[h], "launch": launch} for h in HOSTS if h != "ctl"},
+        "emulator": {"rate": 2000, "seed": 4, "common_trigger": True},
+        "streams": {"pulses": {"samples": 1024, "channels": {"IN1": "int16"}, "modules": ["rp1", "rp2"]}},
+        "acquisition": {rp: {"host": host, "stream": "pulses",
+                             "source": {"kind": "redpitaya", "address": "emulator", "decimation": 8,
+                                        "trigger": {"source": "IN1", "slope": "rising", "level": 0.05}}}
+                        for rp, host in (("rp1", "acq1"), ("rp2", "acq2"))},
+        "processing": {p: {"host": p, "events": {"time_tolerance_ns": 2e7},
+                           "pipeline": [{"stage": "pha", "channel": "IN1", "height": 0.05},
+                                        {"stage": "save", "data": "both"}]} for p in ("proc1", "proc2")},
+    }
+
+
+@pytest.mark.hosts(*HOSTS)
+def test_two_acquisition_and_two_processing_hosts(tmp_path, testnet):
+    res, summary = run_json(write_topology(tmp_path, cluster(testnet)), wrap=testnet.exec_prefix("ctl"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    books = summary["books"]
+    assert books["balanced"] and books["saved"] == 1200 and books["missing"] == 0
+    for name in ("rp1", "rp2"):
+        # a node can bind only an address of its own namespace: it ran on its host
+        node = summary["nodes"][name]
+        assert node["configured"]["endpoint"].startswith(f"tcp://{testnet.addresses[node['host']]}:"), name
+    assert {summary["nodes"][n]["host"] for n in summary["nodes"]} == set(HOSTS) - {"ctl"}
+    events = 0
+    for p in ("proc1", "proc2"):
+        with h5py.File(Path(summary["run_dir"]) / f"{p}.h5") as f:
+            ev = f["entry/reduced/events"]
+            assert set(ev["present"][()].tolist()) == {3}     # both boards' parts met on this host
+            events += len(ev["seq"])
+    assert events == 600
+
+
+def test_hosts_that_cannot_reach_a_loopback_coordinator_are_refused(tmp_path):
+    topo = {"topology": 1, "name": "far", "run": {"directory": "runs", "frames": 10},
+            "hosts": {"far": {"address": "10.250.0.9", "launch": "ip netns exec nowhere {command}"}},
+            "streams": {"s": {"samples": 64, "channels": {"IN1": "int16"}}},
+            "acquisition": {"a": {"host": "far", "stream": "s", "source": {"kind": "synthetic"}}},
+            "processing": {"p": {"pipeline": [{"stage": "drain"}]}}}
+    res, summary = run_json(write_topology(tmp_path, topo))
+    assert res.returncode == 1
+    assert "cannot reach the coordinator at 127.0.0.1" in summary["message"] and "control.address" in summary["message"]
+    assert all(n["pid"] is None for n in summary["nodes"].values())
+
+
+def test_a_node_started_by_hand_joins_the_run(tmp_path):
+    """`launch: manual`: the coordinator says what to start where and waits; the operator's
+    node joins, the run completes, and the node leaves when the run ends."""
+    port = free_port()
+    topo = {"topology": 1, "name": "manual", "run": {"directory": "runs", "frames": 300},
+            "control": {"address": "127.0.0.1", "port": port},
+            "hosts": {"bench": {"address": "127.0.0.1", "launch": "manual"}},
+            "streams": {"s": {"samples": 256, "channels": {"IN1": "int16"}}},
+            "acquisition": {"a": {"host": "bench", "stream": "s", "source": {"kind": "synthetic", "rate": 3000}}},
+            "processing": {"p": {"pipeline": [{"stage": "save"}]}}}
+    path = write_topology(tmp_path, topo)
+    coord = subprocess.Popen(coordinator_cmd("run", str(path), "--json"), cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    node = None
+    try:
+        deadline = time.monotonic() + 20
+        log = None
+        while log is None and time.monotonic() < deadline:
+            log = next((tmp_path / "runs").glob("*/log.txt"), None) if (tmp_path / "runs").exists() else None
+            time.sleep(0.05)
+        command = f"--coordinator tcp://127.0.0.1:{port} --name a"
+        while command not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert command in log.read_text()          # the operator is told what to start
+        node = subprocess.Popen([sys.executable, "-m", "acqnode", *command.split()], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out, err = coord.communicate(timeout=60)
+        assert coord.returncode == 0, err[-3000:]
+        assert node.wait(timeout=10) == 0          # it left with the run
+    finally:
+        for p in (coord, node):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    summary = json.loads(out)
+    assert summary["books"]["saved"] == 300 and summary["nodes"]["a"]["pid"] == node.pid
