@@ -175,6 +175,7 @@ class Reader:
         limit = self.frames_limit if self.frames_limit is not None else np.iinfo(np.int64).max
         batch = self.batch_size()
         scratch = np.zeros(1, self.stream.dtype)
+        session = getattr(self.source, "session", None)    # a board's link: outages to report
         seq = 0
         while seq < limit and not self.should_stop():
             views = self.ring.reserve(min(batch, limit - seq))
@@ -198,6 +199,16 @@ class Reader:
             self.produced = seq
             if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:
                 self.flush_gap()
+            if session is not None and session.notices:
+                for message in session.take_notices():
+                    self.send(t="error", message=message, fatal=False)
+        if session is not None:
+            end = session.finish(limit - seq)
+            if end.lost:
+                self.note_gap(seq, seq + end.lost, end.cause)
+                self.produced = seq + end.lost
+            for message in session.take_notices():
+                self.send(t="error", message=message, fatal=False)
 
     def close(self) -> None:
         if self.source is not None:

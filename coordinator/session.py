@@ -374,7 +374,8 @@ class Coordinator:
             n.eor = msg["report"]
         elif t == "error":
             n.errors.append(msg["message"])
-            log.error("%s: %s", n.name, msg["message"])
+            named = msg["message"].startswith(f"{n.name}: ")      # nodes name themselves
+            log.error("%s%s", "" if named else f"{n.name}: ", msg["message"])
             if msg["fatal"] and self.failure is None:
                 self.failure = msg["message"]
         elif t == "bye":

@@ -45,6 +45,7 @@ class BoardSession:
         self.next_retry = 0.0
         self.outages: list[dict] = []
         self.rejected_blocks = 0
+        self.notices: list[str] = []     # for the run record: what the reader passes on as errors
 
     def rate(self) -> float:
         live = self.live_seconds + (time.monotonic() - self._live_since if self.outage_since is None else 0)
@@ -63,6 +64,8 @@ class BoardSession:
             self.next_retry = now + self.link.retry_interval
             log.error("%s; reconnecting every %g s for up to %g s", exc, self.link.retry_interval,
                       self.link.give_up_after)
+            self.notices.append(f"{exc}; no frames while it does not answer (reconnecting every "
+                                f"{self.link.retry_interval:g} s for up to {self.link.give_up_after:g} s)")
         return Readout(0)
 
     def due(self) -> bool:
@@ -79,17 +82,38 @@ class BoardSession:
 
     def recovered(self) -> Readout:
         """Reconnected and reconfigured: the outage's estimated frames are lost as source_error."""
+        lost, lost_s = self._end_outage(ongoing=False)
+        log.warning("%s answers again after %.2f s; about %d frames were not acquired (source_error)",
+                    self.where, lost_s, lost)
+        self.notices.append(f"the {self.where} answers again after {lost_s:.1f} s; about {lost} frames "
+                            f"were not acquired (source_error)")
+        return Readout(0, lost, "source_error")
+
+    def finish(self, most: int) -> Readout:
+        """End of the run: an outage still going on costs its estimated frames (at most `most`)
+        as source_error, so the record shows the dead time."""
+        if self.outage_since is None:
+            return Readout(0)
+        lost, lost_s = self._end_outage(ongoing=True, most=most)
+        log.error("%s still does not answer at the end of the run (%.1f s); about %d frames were not "
+                  "acquired (source_error)", self.where, lost_s, lost)
+        return Readout(0, lost, "source_error")
+
+    def _end_outage(self, ongoing: bool, most: int | None = None) -> tuple[int, float]:
         now = time.monotonic()
         assert self.outage_since is not None
         lost_s = now - self.outage_since
         lost = int(round(self.rate() * lost_s))
+        lost = lost if most is None else max(0, min(lost, most))
         self.outages.append({"start_s": round(self.outage_since - self.t0, 6), "seconds": round(lost_s, 6),
-                             "estimated_frames": lost})
-        log.warning("%s answers again after %.2f s; about %d frames were not acquired (source_error)",
-                    self.where, lost_s, lost)
+                             "estimated_frames": lost, "ongoing_at_end": ongoing})
         self.outage_since = None
         self._live_since = now
-        return Readout(0, lost, "source_error")
+        return lost, lost_s
+
+    def take_notices(self) -> list[str]:
+        out, self.notices = self.notices, []
+        return out
 
     def wait_retry(self, timeout: float) -> None:
         time.sleep(max(0.0, min(timeout, self.next_retry - time.monotonic())))

@@ -1,0 +1,148 @@
+"""Faults of a cluster on network-namespace hosts (tests/testnet.py): nodes killed, links cut.
+
+Each run ends by its policy, and the books are checked seq by seq and module by module:
+every part a board produced is saved exactly once or in the missing-frame record."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import psutil
+import pytest
+
+from conftest import coordinator_cmd, wait_for_frames, write_topology
+from test_hosts import HOSTS, cluster
+
+pytestmark = [pytest.mark.usefixtures("clean_system"), pytest.mark.hosts(*HOSTS)]
+
+
+def node_pid(name: str, folder: Path, timeout: float = 20) -> int:
+    """pid of the run's process started with `--name name` (nodes run with the test's folder as cwd)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter(["cmdline", "cwd", "pid"]):
+            cmd = p.info["cmdline"] or []
+            if "--name" in cmd and cmd[cmd.index("--name") + 1] == name and "-m" in cmd \
+                    and str(p.info["cwd"] or "").startswith(str(folder)):
+                return p.info["pid"]
+        time.sleep(0.1)
+    raise AssertionError(f"no process for node {name}")
+
+
+def faulty_run(tmp_path: Path, net, topo: dict, action, after: tuple[str, int] = ("rp1", 150),
+               timeout: float = 90) -> tuple[int, dict, str]:
+    """Run the cluster from the `ctl` host; `action()` once `after` = (node, frames) is passed."""
+    path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen([*net.exec_prefix("ctl"), *coordinator_cmd("run", str(path), "--json")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_frames(tmp_path / "runs", *after, timeout=30)
+        action()
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, json.loads(out), err
+
+
+def books_by_seq(summary: dict) -> dict[str, dict[str, np.ndarray]]:
+    """module -> {"saved": seqs, cause: seqs}; asserts each module's seqs 0..produced-1 are
+    each saved once or missing once."""
+    run_dir = Path(summary["run_dir"])
+    out: dict[str, dict[str, list]] = {}
+    for f in sorted(run_dir.glob("proc*.h5")):
+        with h5py.File(f, "r", libver="latest", swmr=True) as h:
+            g = h["entry/pulses"]
+            names = [n.decode() if isinstance(n, bytes) else n for n in g["module"].attrs["names"]]
+            seq, module = g["seq"][()], g["module"][()]
+            for i, m in enumerate(names):
+                out.setdefault(m, {}).setdefault("saved", []).append(seq[module == i])
+    with open(run_dir / "missing.csv") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["module"], {}).setdefault(row["cause"], []).append(
+                np.arange(int(row["seq_first"]), int(row["seq_last"]) + 1))
+    books = {m: {c: np.concatenate(v).astype(np.int64) for c, v in by.items()} for m, by in out.items()}
+    for m, info in summary["books"]["modules"].items():
+        every = np.sort(np.concatenate(list(books.get(m, {}).values()) or [np.array([], np.int64)]))
+        assert np.array_equal(every, np.arange(info["produced"])), (m, {c: len(v) for c, v in books[m].items()},
+                                                                    info["produced"])
+    return books
+
+
+def test_a_processing_host_killed(tmp_path, testnet):
+    topo = cluster(testnet, frames=None, duration=6.0)
+    code, summary, err = faulty_run(tmp_path, testnet, topo,
+                                    lambda: os.kill(node_pid("proc1", tmp_path), signal.SIGKILL))
+    assert code == 3, err[-3000:]
+    assert summary["result"] == "degraded" and summary["nodes"]["proc1"]["lost"]
+    assert summary["stop_reason"] == "duration"
+    books = books_by_seq(summary)
+    for m in ("rp1", "rp2"):
+        assert set(books[m]) <= {"saved", "node_lost", "incomplete_event"}
+        assert len(books[m]["saved"]) > 0
+    # proc2 took every block after the loss: the run went on
+    assert summary["nodes"]["proc2"]["report"]["events"]["complete"] > 0
+
+
+def test_an_acquisition_host_killed(tmp_path, testnet):
+    topo = cluster(testnet, frames=None, duration=6.0)
+    code, summary, err = faulty_run(tmp_path, testnet, topo,
+                                    lambda: os.kill(node_pid("rp2", tmp_path), signal.SIGKILL))
+    assert code == 3, err[-3000:]
+    assert summary["result"] == "degraded" and summary["nodes"]["rp2"]["lost"]
+    books = books_by_seq(summary)
+    assert set(books["rp1"]) <= {"saved"} and set(books["rp2"]) <= {"saved", "node_lost"}
+    # rp1 went on alone: events after the loss are incomplete, rp1's parts saved
+    assert len(books["rp1"]["saved"]) > len(books["rp2"]["saved"])
+
+
+@pytest.mark.parametrize("seconds, lost", [(1.0, False), (10.0, True)])
+def test_a_link_cut(tmp_path, testnet, seconds, lost):
+    topo = cluster(testnet, frames=None, duration=4.0 + seconds)
+    for p in topo["processing"].values():
+        p["events"]["timeout"] = 3.0      # longer than a short cut: its parts come late, not never
+
+    def cut() -> None:
+        testnet.set_link("acq2", False)
+        time.sleep(seconds)
+        testnet.set_link("acq2", True)
+
+    code, summary, err = faulty_run(tmp_path, testnet, topo, cut)
+    assert code == (3 if lost else 0), err[-3000:]
+    assert summary["nodes"]["rp2"]["lost"] == lost
+    books = books_by_seq(summary)
+    if not lost:     # TCP carried everything across the 1 s gap, and the events waited for it
+        assert set(books["rp1"]) == {"saved"} and set(books["rp2"]) == {"saved"}
+    else:
+        assert set(books["rp2"]) <= {"saved", "node_lost"}
+
+
+def test_the_board_emulator_killed(tmp_path, testnet):
+    """Both boards stop answering at once: each acquisition node says which board, at which
+    address; the run ends and keeps every frame it had."""
+    topo = cluster(testnet, frames=None, duration=5.0)
+
+    def kill_boards() -> None:
+        emulator = next(p for p in psutil.process_iter(["cmdline"])
+                        if "coordinator.emulated" in " ".join(p.info["cmdline"] or []))
+        emulator.kill()
+
+    code, summary, err = faulty_run(tmp_path, testnet, topo, kill_boards)
+    assert code == 0 and summary["stop_reason"] == "duration", err[-3000:]
+    for rp in ("rp1", "rp2"):      # the record names the board and where it was
+        errors = summary["nodes"][rp]["errors"]
+        assert errors and f"the Red Pitaya at {testnet.addresses['ctl']}:" in errors[0], errors
+        outages = summary["nodes"][rp]["report"]["source"]["outages"]
+        assert len(outages) == 1 and outages[0]["ongoing_at_end"]
+    books = books_by_seq(summary)
+    for rp in ("rp1", "rp2"):      # what came before is kept; the dead time is in the record
+        assert set(books[rp]) <= {"saved", "source_error", "incomplete_event"}
+        assert len(books[rp]["saved"]) > 0 and len(books[rp]["source_error"]) > 0
