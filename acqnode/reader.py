@@ -177,38 +177,40 @@ class Reader:
         scratch = np.zeros(1, self.stream.dtype)
         session = getattr(self.source, "session", None)    # a board's link: outages to report
         seq = 0
-        while seq < limit and not self.should_stop():
-            views = self.ring.reserve(min(batch, limit - seq))
-            if views:
-                out = views[0]
-            elif self.policy == "drop":
-                out = scratch
-            else:
-                self.ring.wait_free(0.1)
-                continue
-            got = self.source.read(seq, out, COMMAND_CHECK * 5)
-            if out is scratch:
-                self.ring.note_dropped(got.frames)
-                self.note_gap(seq, seq + got.frames)
-            else:
-                self.ring.commit(got.frames)
-            seq += got.frames
-            if got.lost:
-                self.note_gap(seq, seq + got.lost, got.cause)
-                seq += got.lost
-            self.produced = seq
-            if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:
-                self.flush_gap()
-            if session is not None and session.notices:
+        try:
+            while seq < limit and not self.should_stop():
+                views = self.ring.reserve(min(batch, limit - seq))
+                if views:
+                    out = views[0]
+                elif self.policy == "drop":
+                    out = scratch
+                else:
+                    self.ring.wait_free(0.1)
+                    continue
+                got = self.source.read(seq, out, COMMAND_CHECK * 5)
+                if out is scratch:
+                    self.ring.note_dropped(got.frames)
+                    self.note_gap(seq, seq + got.frames)
+                else:
+                    self.ring.commit(got.frames)
+                seq += got.frames
+                if got.lost:
+                    self.note_gap(seq, seq + got.lost, got.cause)
+                    seq += got.lost
+                self.produced = seq
+                if self.pending_gap is not None and time.monotonic() - self.last_gap_flush > GAP_FLUSH_INTERVAL:
+                    self.flush_gap()
+                if session is not None and session.notices:
+                    for message in session.take_notices():
+                        self.send(t="error", message=message, fatal=False)
+        finally:     # also when the board is given up on: its outage is in the record
+            if session is not None:
+                end = session.finish(limit - seq)
+                if end.lost:
+                    self.note_gap(seq, seq + end.lost, end.cause)
+                    self.produced = seq + end.lost
                 for message in session.take_notices():
                     self.send(t="error", message=message, fatal=False)
-        if session is not None:
-            end = session.finish(limit - seq)
-            if end.lost:
-                self.note_gap(seq, seq + end.lost, end.cause)
-                self.produced = seq + end.lost
-            for message in session.take_notices():
-                self.send(t="error", message=message, fatal=False)
 
     def close(self) -> None:
         if self.source is not None:

@@ -123,3 +123,40 @@ def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_p
     assert books["balanced"] and books["produced"] >= 600
     report = summary["nodes"]["synth1"]["report"]["source"]
     assert report["outages"] and report["outages"][0]["seconds"] > 0.5
+
+
+def test_a_board_given_up_on_leaves_its_outage_in_the_record(tmp_path):
+    """The board stays silent past give_up_after: the node stops reading it, says so, and the
+    outage's estimated frames are in the books as source_error (not silently absent)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    topo = small_topology(**{
+        "run.frames": None, "run.duration": 20.0, "run.drain_timeout": 3.0,
+        "streams.pulses": {"samples": 1024, "channels": {"IN1": "int16"}},
+        "acquisition.synth1.source": {"kind": "redpitaya", "address": "emulator", "pretrigger": 100,
+                                      "trigger": {"level": 0.05},
+                                      "link": {"timeout": 0.3, "retry_interval": 0.2, "give_up_after": 1.0}},
+        "emulator": {"rate": 1000, "seed": 4}})
+    path = write_topology(tmp_path, topo)
+    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", str(path), "--json"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        emulator = child_process(proc.pid, "coordinator.emulated")
+        wait_for_frames(tmp_path / "runs", "synth1", 50)
+        os.kill(emulator.pid, signal.SIGSTOP)     # silent for good (the coordinator ends it at the end)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    summary = json.loads(out)
+    assert summary["stop_reason"] == "sources ended", err[-3000:]     # it did not wait for the duration
+    books = summary["books"]
+    assert books["balanced"] and books["missing_by_cause"].get("source_error", 0) > 0, books
+    errors = " ".join(summary["nodes"]["synth1"]["errors"])
+    assert "has not answered for 1 s" in errors and "giving up" in errors, errors
+    outages = summary["nodes"]["synth1"]["report"]["source"]["outages"]
+    assert outages and outages[-1]["ongoing_at_end"] and outages[-1]["seconds"] >= 1.0

@@ -313,7 +313,9 @@ class Topology:
                 if getattr(a.source, "address", None) == EMULATOR]
 
     def host_address(self, host: str) -> str:
-        return self.hosts[host].address if host in self.hosts else "127.0.0.1"
+        """Where a node on `host` binds its sockets; a node without a host runs on the
+        coordinator's machine and binds its control address (reachable from the other hosts)."""
+        return self.hosts[host].address if host in self.hosts else self.control.address
 
     def replace_run(self, **changes: Any) -> "Topology":
         return dataclasses.replace(self, run=dataclasses.replace(self.run, **changes))
