@@ -198,7 +198,7 @@ class Coordinator:
             n.proc = launcher.launch(n.name, n.role, n.host, self.ctl.endpoint, self.rundir.log_path)
             n.pid = n.proc.pid if n.proc is not None else None
         timeout = self.topo.run.start_timeout
-        self._wait(lambda: all(n.registered for n in self.nodes.values()), timeout, "registration")
+        self._wait(list(self.nodes.values()), lambda n: n.registered, timeout, "registration")
 
         resolved = self.topo.to_dict()
         base = {"run": self.rundir.number, "topology": resolved, "run_dir": str(self.rundir.path)}
@@ -209,13 +209,13 @@ class Coordinator:
             self.ctl.send(n.name, "configure", **base, params={
                 "frames": self.topo.run.frames, "boards": boards,
                 "schedule": {s: d.to_dict() for s, d in self.schedules.items()}})
-        self._wait(lambda: all(n.info for n in acqs), timeout, "configuration of acquisition nodes")
+        self._wait(acqs, lambda n: bool(n.info), timeout, "configuration of acquisition nodes")
         endpoints = {n.name: n.info["endpoint"] for n in acqs}
         for level in self.topo.processing_levels():   # a chain's next stage needs this one's endpoint
             group = [self.nodes[p] for p in level]
             for n in group:
                 self.ctl.send(n.name, "configure", **base, params={"endpoints": endpoints})
-            self._wait(lambda g=group: all(n.info for n in g), timeout, "configuration of processing nodes")
+            self._wait(group, lambda n: bool(n.info), timeout, "configuration of processing nodes")
             endpoints.update({n.name: n.info["forward_endpoint"] for n in group if n.info.get("forward_endpoint")})
         self.sm.fire("configure")
 
@@ -223,7 +223,7 @@ class Coordinator:
         for group in (procs, acqs):   # receivers first, so credit is there when frames come
             for n in group:
                 self.ctl.send(n.name, "start", epoch_ns=epoch_ns)
-            self._wait(lambda g=group: all(n.started for n in g), timeout, "start")
+            self._wait(group, lambda n: n.started, timeout, "start")
         self.sm.fire("start")
         self.run_started = time.monotonic()
         log.info("running")
@@ -334,9 +334,11 @@ class Coordinator:
         if self.display is not None:
             self.display.update(self)
 
-    def _wait(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+    def _wait(self, nodes: list[NodeStatus], done: Callable[[NodeStatus], bool], timeout: float,
+              what: str) -> None:
+        """Until `done` holds for every node; a failure, a loss or the timeout says which nodes."""
         deadline = time.monotonic() + timeout
-        while not cond():
+        while not all(done(n) for n in nodes):
             if self.abort or self.interrupted:
                 self.interrupted = True
                 raise RunInterrupted(f"interrupted during {what}")
@@ -346,7 +348,7 @@ class Coordinator:
             if lost:
                 raise StartupError(f"during {what}: " + "; ".join(n.lost_reason for n in lost))
             if time.monotonic() > deadline:
-                slow = [n.name for n in self.nodes.values() if not cond()]
+                slow = [n.name for n in nodes if not done(n)]
                 raise StartupError(f"{what} did not complete within {timeout:.0f} s "
                                    f"(waiting for: {', '.join(slow) or 'nodes'})")
             self.pump(0.05)

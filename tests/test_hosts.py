@@ -107,3 +107,15 @@ def test_a_node_started_by_hand_joins_the_run(tmp_path):
                 p.wait()
     summary = json.loads(out)
     assert summary["books"]["saved"] == 300 and summary["nodes"]["a"]["pid"] == node.pid
+
+
+def test_a_node_nobody_starts_by_hand_is_named(tmp_path):
+    topo = {"topology": 1, "name": "manual", "run": {"directory": "runs", "frames": 10, "start_timeout": 2.0},
+            "control": {"address": "127.0.0.1", "port": free_port()},
+            "hosts": {"bench": {"address": "127.0.0.1", "launch": "manual"}},
+            "streams": {"s": {"samples": 64, "channels": {"IN1": "int16"}}},
+            "acquisition": {"a": {"host": "bench", "stream": "s", "source": {"kind": "synthetic"}}},
+            "processing": {"p": {"pipeline": [{"stage": "drain"}]}}}
+    res, summary = run_json(write_topology(tmp_path, topo))
+    assert res.returncode == 1
+    assert summary["message"].endswith("registration did not complete within 2 s (waiting for: a)")
