@@ -45,6 +45,8 @@ class Board:
         self.scope = Scope(signal, clock, self._stats)
         self.ret_on_error = False          # RP:RET_ON_ERROR is global in the real server
         self._hang_until = 0.0
+        self.connections = 0         # SCPI connections accepted so far (the newest owns the board)
+        self._conn_lock = threading.Lock()
         self._corrupt: deque[str] = deque()
         self._services: list[Service] = []
 
@@ -72,12 +74,21 @@ class Board:
         """Stop answering for `seconds`: connections read nothing and reply nothing."""
         self._hang_until = max(self._hang_until, time.monotonic() + float(seconds))
 
-    def wait_if_hung(self, stop: threading.Event) -> None:
+    def new_connection(self) -> int:
+        with self._conn_lock:
+            self.connections += 1
+            return self.connections
+
+    def wait_if_hung(self, stop: threading.Event) -> bool:
+        """Block while hung; True if it did (the client may have given up meanwhile)."""
+        waited = False
         while not stop.is_set():
             left = self._hang_until - time.monotonic()
             if left <= 0:
-                return
+                return waited
+            waited = True
             stop.wait(left)
+        return waited
 
     def drop_connections(self) -> None:
         """Close every client connection (SCPI and MCPHA); the board keeps listening."""

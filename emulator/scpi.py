@@ -154,9 +154,11 @@ class Session:
 def serve_connection(board: Board, stop: threading.Event, conn: socket.socket) -> None:
     """Read commands until the client leaves (or the board drops it), answer each line."""
     session = Session(board, stop)
+    mine = board.new_connection()
     pending = b""
     while not stop.is_set():
-        board.wait_if_hung(stop)
+        if board.wait_if_hung(stop) and board.connections != mine:
+            return      # a client that reconnected during the hang owns the board now
         chunk = conn.recv(65536)
         if not chunk:
             return
@@ -166,7 +168,8 @@ def serve_connection(board: Board, stop: threading.Event, conn: socket.socket) -
             line = raw.rstrip(b"\r").decode("latin-1")
             if not line.strip():
                 continue
-            board.wait_if_hung(stop)
+            if board.wait_if_hung(stop) and board.connections != mine:
+                return      # its queued commands must not undo the new connection's set-up
             reply, close = session.execute(line)
             if reply:
                 board.count("bytes_sent", board.link.send(conn, reply, stop))
