@@ -142,6 +142,27 @@ def run_json(topo_path: Path, *extra: str, env: dict | None = None, timeout: flo
     return res, summary
 
 
+def run_disturbed(topo_path: Path, action, *extra: str, wrap: list[str] = (),
+                  timeout: float = 90) -> tuple[int, dict | None, str]:
+    """Run the coordinator on `topo_path`, call `action(proc)` while it runs (it waits for what
+    it needs and does the harm), then collect (exit status, summary, stderr); never leaves the
+    coordinator running."""
+    proc = subprocess.Popen([*wrap, *coordinator_cmd("run", str(topo_path), "--json", *extra)],
+                            cwd=topo_path.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        action(proc)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    try:
+        summary = json.loads(out)
+    except json.JSONDecodeError:
+        summary = None
+    return proc.returncode, summary, err
+
+
 @pytest.fixture
 def testnet(request):
     """Hosts in network namespaces (tests/testnet.py), removed afterwards; the test names its

@@ -3,15 +3,19 @@ boards that are not there."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import child_process, run_cli, run_json, small_topology, wait_for_frames, write_topology
+from conftest import (child_process, run_cli, run_disturbed, run_json, small_topology, wait_for_frames,
+                      write_topology)
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("clean_system")
@@ -88,36 +92,30 @@ def test_mcpha_board_end_to_end(tmp_path):
     assert (f["IN1"][:, 100:130].max(axis=1) >= 400).mean() > 0.95
 
 
-def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    topo = small_topology(**{
-        "run.frames": 600, "run.drain_timeout": 5.0,
+def one_emulated_board(give_up_after: float, **run) -> dict:
+    """One emulated Red Pitaya with a fast link (outages noticed within 0.3 s)."""
+    return small_topology(**{
+        **{f"run.{k}": v for k, v in run.items()},
         "streams.pulses": {"samples": 1024, "channels": {"IN1": "int16"}},
         "acquisition.synth1.source": {"kind": "redpitaya", "address": "emulator", "pretrigger": 100,
                                       "trigger": {"level": 0.05},
-                                      "link": {"timeout": 0.3, "retry_interval": 0.2, "give_up_after": 20}},
+                                      "link": {"timeout": 0.3, "retry_interval": 0.2,
+                                               "give_up_after": give_up_after}},
         "emulator": {"rate": 1000, "seed": 4}})
-    path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", str(path), "--json"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+
+
+def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_path):
+    topo = one_emulated_board(20, frames=600, drain_timeout=5.0)
+
+    def stall_the_board(proc) -> None:
         emulator = child_process(proc.pid, "coordinator.emulated")
         wait_for_frames(tmp_path / "runs", "synth1", 50)      # frames are flowing
         os.kill(emulator.pid, signal.SIGSTOP)     # the board stops answering
         time.sleep(1.5)
         os.kill(emulator.pid, signal.SIGCONT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
-    summary = json.loads(out)
+
+    code, summary, err = run_disturbed(write_topology(tmp_path, topo), stall_the_board)
+    assert code == 0, err[-3000:]
     books = summary["books"]
     assert books["missing_by_cause"].get("source_error", 0) > 0, books
     assert books["balanced"] and books["produced"] >= 600
@@ -128,31 +126,14 @@ def test_board_that_stops_answering_costs_source_error_and_the_run_goes_on(tmp_p
 def test_a_board_given_up_on_leaves_its_outage_in_the_record(tmp_path):
     """The board stays silent past give_up_after: the node stops reading it, says so, and the
     outage's estimated frames are in the books as source_error (not silently absent)."""
-    import os
-    import signal
-    import subprocess
-    import sys
+    topo = one_emulated_board(1.0, frames=None, duration=20.0, drain_timeout=3.0)
 
-    topo = small_topology(**{
-        "run.frames": None, "run.duration": 20.0, "run.drain_timeout": 3.0,
-        "streams.pulses": {"samples": 1024, "channels": {"IN1": "int16"}},
-        "acquisition.synth1.source": {"kind": "redpitaya", "address": "emulator", "pretrigger": 100,
-                                      "trigger": {"level": 0.05},
-                                      "link": {"timeout": 0.3, "retry_interval": 0.2, "give_up_after": 1.0}},
-        "emulator": {"rate": 1000, "seed": 4}})
-    path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", str(path), "--json"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    def silence_the_board(proc) -> None:
         emulator = child_process(proc.pid, "coordinator.emulated")
         wait_for_frames(tmp_path / "runs", "synth1", 50)
         os.kill(emulator.pid, signal.SIGSTOP)     # silent for good (the coordinator ends it at the end)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    summary = json.loads(out)
+
+    code, summary, err = run_disturbed(write_topology(tmp_path, topo), silence_the_board, timeout=60)
     assert summary["stop_reason"] == "sources ended", err[-3000:]     # it did not wait for the duration
     books = summary["books"]
     assert books["balanced"] and books["missing_by_cause"].get("source_error", 0) > 0, books

@@ -1,11 +1,8 @@
 """Event building, chains and user stages end to end: real processes, sockets and files."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import numpy as np
 import pytest
 
 from coordinator.frames import FLAG_INCOMPLETE
-from conftest import child_process, run_json, wait_for_frames, write_topology
+from conftest import child_process, run_disturbed, run_json, wait_for_frames, write_topology
 
 pytestmark = pytest.mark.usefixtures("clean_system")
 
@@ -65,22 +62,16 @@ def test_every_event_is_complete_and_meets_on_one_node(tmp_path):
 def test_delayed_and_dropped_parts_make_exactly_recorded_incomplete_events(tmp_path):
     topo = two_modules(frames=6000, p1={"events": {"timeout": 0.3}}, p2={"events": {"timeout": 0.3}})
     topo["acquisition"]["a2"]["ring"] = {"slots": 32, "policy": "drop"}
-    path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "run", str(path), "--json"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+
+    def stall_a2(proc) -> None:
         node = child_process(proc.pid, "acqnode", "--name a2")
         wait_for_frames(tmp_path / "runs", "a2", 200)      # events are flowing
         os.kill(node.pid, signal.SIGSTOP)      # a2 ships nothing: its parts are delayed, its ring overflows
         time.sleep(1.2)
         os.kill(node.pid, signal.SIGCONT)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
-    summary = json.loads(out)
+
+    code, summary, err = run_disturbed(write_topology(tmp_path, topo), stall_a2)
+    assert code == 0, err[-3000:]
     books = summary["books"]
     assert books["balanced"], books
     events = events_of(Path(summary["run_dir"]))

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from coordinator import PROTOCOL_VERSION
-from conftest import (coordinator_cmd, free_port, run_json, small_topology, write_topology)
+from conftest import free_port, run_disturbed, run_json, small_topology, write_topology
 from test_e2e import assert_books_by_seq
 
 pytestmark = pytest.mark.usefixtures("clean_system")
@@ -71,22 +71,11 @@ def _wait_for_frames(run_dir_parent: Path, proc: subprocess.Popen, minimum: int,
 def disturbed_run(tmp_path: Path, topo: dict, extra: tuple, after_frames: int, action,
                   timeout: float = 60) -> tuple[int, dict | None, str]:
     """Run the coordinator, do `action(proc)` once `after_frames` frames exist, collect the result."""
-    topo_path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen(coordinator_cmd("run", str(topo_path), "--json", *extra), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    def act(proc: subprocess.Popen) -> None:
         _wait_for_frames(tmp_path / "runs", proc, after_frames)
         action(proc)
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    try:
-        summary = json.loads(out)
-    except json.JSONDecodeError:
-        summary = None
-    return proc.returncode, summary, err
+
+    return run_disturbed(write_topology(tmp_path, topo), act, *extra, timeout=timeout)
 
 
 def test_ctrl_c_keeps_data_and_records_interrupted(tmp_path):

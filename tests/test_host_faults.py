@@ -5,7 +5,6 @@ every part a board produced is saved exactly once or in the missing-frame record
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import coordinator_cmd, wait_for_frames, write_topology
+from conftest import run_disturbed, wait_for_frames, write_topology
 from test_hosts import HOSTS, cluster
 
 pytestmark = [pytest.mark.usefixtures("clean_system"), pytest.mark.hosts(*HOSTS)]
@@ -39,18 +38,11 @@ def node_pid(name: str, folder: Path, timeout: float = 20) -> int:
 def faulty_run(tmp_path: Path, net, topo: dict, action, after: tuple[str, int] = ("rp1", 150),
                timeout: float = 90) -> tuple[int, dict, str]:
     """Run the cluster from the `ctl` host; `action()` once `after` = (node, frames) is passed."""
-    path = write_topology(tmp_path, topo)
-    proc = subprocess.Popen([*net.exec_prefix("ctl"), *coordinator_cmd("run", str(path), "--json")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    def act(proc: subprocess.Popen) -> None:
         wait_for_frames(tmp_path / "runs", *after, timeout=30)
         action()
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    return proc.returncode, json.loads(out), err
+
+    return run_disturbed(write_topology(tmp_path, topo), act, wrap=net.exec_prefix("ctl"), timeout=timeout)
 
 
 def books_by_seq(summary: dict) -> dict[str, dict[str, np.ndarray]]:
