@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -53,8 +54,6 @@ class AcqNode(NodeRuntime):
         self.gaps: dict[str, RangeSet] = {}
         self.errors: list[str] = []
         self.drain_deadline: float | None = None
-        self.eor: dict | None = None
-        self.run_no = 0
 
     # -- control ---------------------------------------------------------------------
     def on_configure(self, msg: dict) -> None:
@@ -65,6 +64,7 @@ class AcqNode(NodeRuntime):
         cfg = topo.acquisition[self.name]
         stream = topo.streams[cfg.stream]
         self.run_no = msg["run"]
+        self.run_dir = Path(msg["run_dir"])
         self.drain_timeout = topo.run.drain_timeout
         self.coordinator_timeout = max(3 * topo.run.heartbeat_timeout, 5.0)
 
@@ -134,6 +134,10 @@ class AcqNode(NodeRuntime):
             self._to_reader(t="stop")
             self.state = "draining"
             self.drain_deadline = time.monotonic() + self.drain_timeout
+
+    def end_alone(self) -> float:
+        self.on_stop({"reason": "coordinator lost"})
+        return self.drain_timeout
 
     def on_peer_lost(self, msg: dict) -> None:
         if self.shipper:
@@ -215,6 +219,7 @@ class AcqNode(NodeRuntime):
                     **self.shipper.report()}
         self.state = "ended"
         self.send("eor", report=self.eor)
+        self.ended()
 
     def counters(self) -> dict[str, Any]:
         if self.shipper is None:

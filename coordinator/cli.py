@@ -104,5 +104,27 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     sys.exit(summary["exit_code"])
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the rebuilt run.json.")
+def recover(run_dir: str, as_json: bool) -> None:
+    """Rebuild the record of RUN_DIR (books, missing.csv, run.h5, run.json) from the report
+    files and data files its nodes left, after its coordinator died."""
+    from coordinator.dashboard import summary_table
+    from coordinator.recover import RecoverError, recover as rebuild
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        summary = rebuild(Path(run_dir))
+    except (RecoverError, TopologyError) as exc:
+        click.echo(f"cannot recover {run_dir}: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+    else:
+        Console().print(summary_table(summary))
+    sys.exit(0 if summary["books"]["balanced"] else 1)
+
+
 if __name__ == "__main__":
     main()

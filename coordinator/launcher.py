@@ -10,13 +10,15 @@ another host whose coordinator goes silent stops by itself, so none outlives a r
 from __future__ import annotations
 
 import logging
+import functools
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from coordinator.procutil import set_pdeathsig
+from coordinator.procutil import PARENT_DIED, set_pdeathsig
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +49,25 @@ class Launcher:
         cfg = self.hosts.get(host)
         how = cfg.launch if cfg is not None else "local"
         if how == "local":
-            return self.spawn(node_argv(role, name, control, sys.executable), log_path)
+            return self.spawn(node_argv(role, name, control, sys.executable), log_path, PARENT_DIED)
         if how == "manual":
             log.warning("host %s: start node %s there by hand: %s", host, name,
                         shlex.join(node_argv(role, name, control, cfg.python)))
             return None
         if how == "ssh":
             remote = shlex.join(node_argv(role, name, control, cfg.python))
-            return self.spawn(["ssh", *SSH_OPTIONS, cfg.address, remote], log_path)
+            return self.spawn(["ssh", *SSH_OPTIONS, cfg.address, remote], log_path, PARENT_DIED)
         command = shlex.join(node_argv(role, name, control, cfg.python or sys.executable))
-        return self.spawn(["/bin/sh", "-c", render_template(how, host, cfg.address, command)], log_path)
+        return self.spawn(["/bin/sh", "-c", render_template(how, host, cfg.address, command)], log_path,
+                          PARENT_DIED)
 
-    def spawn(self, argv: list[str], log_path: Path) -> subprocess.Popen:
-        """Any process of the run (nodes, their wrappers, emulated boards), output in the run log."""
+    def spawn(self, argv: list[str], log_path: Path, death_signal: int = signal.SIGTERM) -> subprocess.Popen:
+        """Any process of the run (nodes, their wrappers, emulated boards), output in the run log;
+        `death_signal` is what it gets if the coordinator dies."""
         with open(log_path, "ab", buffering=0) as logf:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=set_pdeathsig)
+                                    start_new_session=True,
+                                    preexec_fn=functools.partial(set_pdeathsig, death_signal))
 
 
 def render_template(template: str, host: str, address: str, command: str) -> str:

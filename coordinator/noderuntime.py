@@ -7,6 +7,7 @@ foreign thread.  Subclasses implement `on_<type>` for control messages.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -15,11 +16,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from coordinator import __version__
+from coordinator.procutil import PARENT_DIED
 from coordinator.wire import ProtocolError, pack_control, unpack_control
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,13 @@ class NodeRuntime:
         self.rejected_control = 0
         self.last_heard = time.monotonic()
         self.coordinator_timeout = PRE_CONFIGURE_TIMEOUT
+        self.parent_died = False       # PARENT_DIED came: the coordinator that launched us is gone
+        self.orphaned = False          # the coordinator is gone: this node ends its run by itself
+        self.orphan_deadline = 0.0
+        self._report_written = False
+        self.run_dir: Path | None = None
+        self.run_no = 0
+        self.eor: dict | None = None
         self.every(HEARTBEAT_INTERVAL, self._send_stats)
 
     # -- plumbing for subclasses ----------------------------------------------------
@@ -129,8 +139,41 @@ class NodeRuntime:
     def close(self) -> None:
         """Release node resources (rings, files, child processes)."""
 
-    def on_coordinator_lost(self) -> None:
-        log.error("coordinator silent for %.1f s; stopping", self.coordinator_timeout)
+    def end_alone(self) -> float:
+        """Begin ending the run without a coordinator (stop the source, drain, flush); returns
+        the seconds that may take.  A node that was never configured has nothing to end."""
+        return 0.0
+
+    def on_coordinator_lost(self, why: str) -> None:
+        """End the run by ourselves and leave `<run_dir>/<node>.report.json` for
+        `daq-coordinator recover`; the node exits when its report is written (or at the limit)."""
+        self.orphaned = True
+        if self.run_dir is None:
+            log.error("%s; not configured, stopping", why)
+            self.running = False
+            return
+        log.error("%s; ending run %d by myself", why, self.run_no)
+        self.orphan_deadline = time.monotonic() + self.end_alone() + 2.0
+        if self.eor is not None:       # the run had ended already: only the report is left to keep
+            self.ended()
+
+    def ended(self) -> None:
+        """Called when the end-of-run report is made: an orphaned node writes it down and exits."""
+        if not self.orphaned or self.run_dir is None or self._report_written:
+            return
+        self._report_written = True
+        report = {"node": self.name, "role": self.role, "incarnation": self.incarnation,
+                  "run": self.run_no, "host": socket.gethostname(), "pid": os.getpid(),
+                  "ended": "alone: the coordinator was lost", "complete": self.eor is not None,
+                  "report": self.eor, "counters": self.counters()}
+        path = self.run_dir / f"{self.name}.report.json"
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(report, default=str))
+            os.replace(tmp, path)
+            log.warning("end-of-run report written to %s", path)
+        except OSError as exc:
+            log.error("cannot write the end-of-run report %s: %s", path, exc)
         self.running = False
 
     # -- main loop -----------------------------------------------------------------
@@ -138,6 +181,7 @@ class NodeRuntime:
         """Run until shutdown, a signal, or the coordinator going silent; always clean up."""
         stop = self._request_stop
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[PARENT_DIED] = signal.signal(PARENT_DIED, self._parent_died)
         try:
             inject_fault("start", self.name)
             self.send("hello", role=self.role, pid=os.getpid(), host=socket.gethostname(),
@@ -157,8 +201,15 @@ class NodeRuntime:
                     if now >= t[0]:
                         t[0] = now + t[1]
                         self._guarded(t[2])
-                if now - self.last_heard > self.coordinator_timeout:
-                    self.on_coordinator_lost()
+                if not self.orphaned:
+                    if self.parent_died:
+                        self.on_coordinator_lost("the coordinator process died")
+                    elif now - self.last_heard > self.coordinator_timeout:
+                        self.on_coordinator_lost(f"coordinator silent for {now - self.last_heard:.1f} s")
+                elif now > self.orphan_deadline:
+                    log.error("the run did not end within its limit; stopping")
+                    self.ended()
+                    self.running = False
             return 0
         finally:
             # Our handler stays in place until cleanup is done: a second SIGTERM (they come in
@@ -186,6 +237,9 @@ class NodeRuntime:
         if self.running:
             log.warning("signal %d: shutting down", signum)
         self.running = False
+
+    def _parent_died(self, signum: int, frame: Any) -> None:
+        self.parent_died = True
 
     def _on_control(self) -> None:
         while True:

@@ -7,15 +7,21 @@ import subprocess
 import time
 
 
-def set_pdeathsig() -> None:
-    """Linux: have the kernel SIGTERM this child when its parent dies (no orphans after kill -9).
+#: What the kernel sends a node when the coordinator that started it dies.  A signal of its
+#: own, so the node tells it from a request to stop (SIGTERM, SIGINT): it then ends the run
+#: by itself and keeps its data (coordinator/noderuntime.py).  getppid() cannot tell: the
+#: signal comes when the coordinator's launching thread ends, maybe before the process does.
+PARENT_DIED = signal.SIGUSR1
 
-    Used as `preexec_fn`; does nothing where prctl is unavailable.
+
+def set_pdeathsig(sig: int = signal.SIGTERM) -> None:
+    """Linux: have the kernel send `sig` to this child when its parent dies (no orphans after
+    kill -9).  Used as `preexec_fn`; does nothing where prctl is unavailable.
     """
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, int(sig))  # PR_SET_PDEATHSIG
     except Exception:
         pass
 

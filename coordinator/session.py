@@ -22,13 +22,13 @@ from typing import Any, Callable
 
 import zmq
 
-from coordinator.books import Books, balance
+from coordinator.books import Books
 from coordinator.control import ControlServer, StartupError
 from coordinator.dispatch import DispatchSchedule, rebalance
 from coordinator.emulated import StartupFailure, board_address, start_emulator
 from coordinator.launcher import Launcher
-from coordinator.nodefiles import clear_write_flags, saved_in_file
 from coordinator.procutil import terminate
+from coordinator.record import keep_record, salvage
 from coordinator.rundir import MASTER_FILE, RunDirectory, last_lines, versions
 from coordinator.statemachine import StateMachine
 from coordinator.topology import Topology
@@ -490,42 +490,17 @@ class Coordinator:
             return "degraded", EXIT_DEGRADED
         return "completed", EXIT_OK
 
-    def _salvage(self, n: NodeStatus) -> dict | None:
-        """A processing node that sent no report: what its file holds (up to its last flush)."""
-        saved: dict[str, list] = {}
-        dead = n.proc is not None and n.proc.poll() is not None
-        for path in n.info.get("files", []):
-            try:
-                if dead and clear_write_flags(Path(path)) == "cleared":
-                    log.warning("%s: cleared the write flags its crash left in %s", n.name, path)
-                for module, ranges in saved_in_file(Path(path)).items():
-                    saved.setdefault(module, []).extend(ranges)
-            except Exception as exc:  # unreadable or never created: nothing salvaged
-                log.warning("%s: could not read %s: %s", n.name, path, exc)
-        if not saved:
-            return None
-        log.warning("%s sent no report; %d frames found in its file are kept as saved",
-                    n.name, sum(b - a for r in saved.values() for a, b in r))
-        return {"saved": saved, "files": n.info.get("files", []), "salvaged": True}
-
     def _record(self) -> dict:
         acq_reports = {n.name: n.eor for n in self.nodes.values() if n.role == "acquisition"}
-        proc_reports = {n.name: n.eor or self._salvage(n) for n in self.nodes.values()
-                        if n.role == "processing"}
+        proc_reports = {n.name: n.eor or salvage(n.name, n.info.get("files", []),
+                                                 n.proc is not None and n.proc.poll() is not None)
+                        for n in self.nodes.values() if n.role == "processing"}
         lost = {n.name for n in self.nodes.values() if n.lost}
-        produced = {a: (r or {}).get("produced") for a, r in acq_reports.items()}
         seen = {a: self.nodes[a].counters.get("frames", 0) for a in acq_reports}
-        self.books = balance(produced, acq_reports, proc_reports, lost, seen)
-        self.rundir.write_missing(self.books)
         result, code = self.result()
         files = {n: (r or {}).get("files") or self.nodes[n].info.get("files", []) for n, r in proc_reports.items()}
-        master = None
-        if any(files.values()):   # a run that failed before its nodes made files has nothing to link
-            try:
-                master = self.rundir.write_master(self.topo.name, self.books, files,
-                                                  {"run": self.rundir.number, "result": result})
-            except Exception as exc:
-                log.error("could not write the master file: %s", exc)
+        self.books, master = keep_record(self.rundir, self.topo.name, acq_reports, proc_reports, files, lost,
+                                         seen, {"run": self.rundir.number, "result": result})
         summary = {
             "name": self.topo.name, "run": self.rundir.number, "run_dir": str(self.rundir.path),
             "result": result, "exit_code": code,

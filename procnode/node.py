@@ -57,9 +57,8 @@ class ProcNode(NodeRuntime):
         self.recv_bytes = 0
         self.rejected = 0
         self.flow = {"t_first": None, "t_last": None, "frames_after_first": 0}   # data-flow timing
-        self.expect: dict[str, int] | None = None
+        self.expect: dict[str, int] | None = None     # None: not told (ending without a coordinator)
         self.end_deadline = 0.0
-        self.eor: dict | None = None
 
     # -- control ------------------------------------------------------------------------
     def on_configure(self, msg: dict) -> None:
@@ -70,6 +69,7 @@ class ProcNode(NodeRuntime):
         self.topo = topo
         self.cfg = topo.processing[self.name]
         self.run_no = msg["run"]
+        self.run_dir = Path(msg["run_dir"])
         self.drain_timeout = topo.run.drain_timeout
         self.coordinator_timeout = max(3 * topo.run.heartbeat_timeout, 5.0)
         self.streams = {s: topo.streams[s] for s in self.cfg.streams}
@@ -153,6 +153,18 @@ class ProcNode(NodeRuntime):
         self.end_deadline = time.monotonic() + self.drain_timeout
         self.state = "ending"
         self._maybe_finish()
+
+    def end_alone(self) -> float:
+        """Without a coordinator nobody says how many frames to expect: take what the senders
+        drain (they stop within drain_timeout of noticing the loss, a chain's later stages
+        after the earlier ones), then end."""
+        if self.state not in ("configured", "running"):
+            return max(0.0, self.end_deadline - time.monotonic())
+        depth = next(i for i, level in enumerate(self.topo.processing_levels()) if self.name in level)
+        wait = (self.drain_timeout + 1.0) * (depth + 1)
+        self.expect, self.state = None, "ending"
+        self.end_deadline = time.monotonic() + wait
+        return wait
 
     def on_stop(self, msg: dict) -> None:
         pass  # processing nodes keep taking frames until `end` says how many to expect
@@ -346,11 +358,14 @@ class ProcNode(NodeRuntime):
     def _maybe_finish(self) -> None:
         if self.state != "ending" or self.eor is not None:
             return
-        complete = all(self.received.get(m, 0) >= n for m, n in self.expect.items())
+        complete = self.expect is not None and all(self.received.get(m, 0) >= n
+                                                   for m, n in self.expect.items())
         late = time.monotonic() >= self.end_deadline
         if not complete and not late:
             return
-        if not complete:
+        if self.expect is None:
+            log.warning("ending alone: received %s", self.received)
+        elif not complete:
             log.error("end of run: expected %s, received %s", self.expect, self.received)
         for builder in self.builders.values():
             for batch in builder.flush():
@@ -387,6 +402,7 @@ class ProcNode(NodeRuntime):
                     "events": events, "flow": self.flow, "pipeline": self.pipeline.report(), **out}
         self.state = "ended"
         self.send("eor", report=self.eor)
+        self.ended()
 
     def counters(self) -> dict[str, Any]:
         saved = self.pipeline.saved() if self.pipeline is not None else {}

@@ -1,6 +1,7 @@
 """Shared test helpers: run the real command line, check that nothing outlives a test."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
 import psutil
 import pytest
 import yaml
@@ -209,3 +212,27 @@ def wait_for_frames(run_root: Path, node: str, at_least: int, timeout: float = 2
             return
         time.sleep(0.05)
     raise AssertionError(f"{node} did not pass {at_least} frames within {timeout} s")
+
+
+def books_by_seq(summary: dict) -> dict[str, dict[str, np.ndarray]]:
+    """module -> {"saved": seqs, cause: seqs}; asserts each module's seqs 0..produced-1 are
+    each saved once or missing once."""
+    run_dir = Path(summary["run_dir"])
+    out: dict[str, dict[str, list]] = {}
+    for f in sorted(run_dir.glob("proc*.h5")):
+        with h5py.File(f, "r", libver="latest", swmr=True) as h:
+            g = h["entry/pulses"]
+            names = [n.decode() if isinstance(n, bytes) else n for n in g["module"].attrs["names"]]
+            seq, module = g["seq"][()], g["module"][()]
+            for i, m in enumerate(names):
+                out.setdefault(m, {}).setdefault("saved", []).append(seq[module == i])
+    with open(run_dir / "missing.csv") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["module"], {}).setdefault(row["cause"], []).append(
+                np.arange(int(row["seq_first"]), int(row["seq_last"]) + 1))
+    books = {m: {c: np.concatenate(v).astype(np.int64) for c, v in by.items()} for m, by in out.items()}
+    for m, info in summary["books"]["modules"].items():
+        every = np.sort(np.concatenate(list(books.get(m, {}).values()) or [np.array([], np.int64)]))
+        assert np.array_equal(every, np.arange(info["produced"])), (m, {c: len(v) for c, v in books[m].items()},
+                                                                    info["produced"])
+    return books

@@ -4,19 +4,16 @@ Each run ends by its policy, and the books are checked seq by seq and module by 
 every part a board produced is saved exactly once or in the missing-frame record."""
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import psutil
 import pytest
 
-from conftest import run_disturbed, wait_for_frames, write_topology
+from conftest import books_by_seq, run_disturbed, wait_for_frames, write_topology
 from test_hosts import HOSTS, cluster
 
 pytestmark = [pytest.mark.usefixtures("clean_system"), pytest.mark.hosts(*HOSTS)]
@@ -43,30 +40,6 @@ def faulty_run(tmp_path: Path, net, topo: dict, action, after: tuple[str, int] =
         action()
 
     return run_disturbed(write_topology(tmp_path, topo), act, wrap=net.exec_prefix("ctl"), timeout=timeout)
-
-
-def books_by_seq(summary: dict) -> dict[str, dict[str, np.ndarray]]:
-    """module -> {"saved": seqs, cause: seqs}; asserts each module's seqs 0..produced-1 are
-    each saved once or missing once."""
-    run_dir = Path(summary["run_dir"])
-    out: dict[str, dict[str, list]] = {}
-    for f in sorted(run_dir.glob("proc*.h5")):
-        with h5py.File(f, "r", libver="latest", swmr=True) as h:
-            g = h["entry/pulses"]
-            names = [n.decode() if isinstance(n, bytes) else n for n in g["module"].attrs["names"]]
-            seq, module = g["seq"][()], g["module"][()]
-            for i, m in enumerate(names):
-                out.setdefault(m, {}).setdefault("saved", []).append(seq[module == i])
-    with open(run_dir / "missing.csv") as fh:
-        for row in csv.DictReader(fh):
-            out.setdefault(row["module"], {}).setdefault(row["cause"], []).append(
-                np.arange(int(row["seq_first"]), int(row["seq_last"]) + 1))
-    books = {m: {c: np.concatenate(v).astype(np.int64) for c, v in by.items()} for m, by in out.items()}
-    for m, info in summary["books"]["modules"].items():
-        every = np.sort(np.concatenate(list(books.get(m, {}).values()) or [np.array([], np.int64)]))
-        assert np.array_equal(every, np.arange(info["produced"])), (m, {c: len(v) for c, v in books[m].items()},
-                                                                    info["produced"])
-    return books
 
 
 def test_a_processing_host_killed(tmp_path, testnet):
