@@ -41,8 +41,8 @@ READER_START_TIMEOUT = 15.0
 class AcqNode(NodeRuntime):
     role = "acquisition"
 
-    def __init__(self, name: str, coordinator: str) -> None:
-        super().__init__(name, coordinator)
+    def __init__(self, name: str, coordinator: str, keys: Path | None = None) -> None:
+        super().__init__(name, coordinator, keys)
         self.ring: Ring | None = None
         self.reader: subprocess.Popen | None = None
         self.reader_conn: Connection | None = None
@@ -73,6 +73,7 @@ class AcqNode(NodeRuntime):
         self.data.setsockopt(zmq.LINGER, 0)
         self.data.setsockopt(zmq.SNDHWM, 1000)
         self.data.setsockopt(zmq.SNDBUF, DATA_SOCKET_BUFFER)
+        self.secure_server(self.data)
         address = topo.host_address(cfg.host)
         try:
             if cfg.data_port:
@@ -86,6 +87,7 @@ class AcqNode(NodeRuntime):
             self.fail(f"{self.name}: cannot bind data socket {where}: {exc.strerror}")
             return
         self.register(self.data, self._on_data)
+        self.watch_server(self.data, endpoint)
 
         self.ring = Ring.create(f"daqring-{os.getpid()}-{self.name}", stream.dtype, cfg.ring.slots)
         self.register(self.ring.filled_fd, self._on_filled)

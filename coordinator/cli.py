@@ -104,6 +104,27 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     sys.exit(summary["exit_code"])
 
 
+@main.group()
+def keys() -> None:
+    """Keys of runs with `security: curve`."""
+
+
+@keys.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace a key pair that is already there.")
+def generate(directory: Path, force: bool) -> None:
+    """Make the cluster key pair in DIRECTORY (the topology's `keys`); copy the folder to every
+    host of the cluster, readable only by the user that runs the nodes."""
+    from coordinator.security import SecurityError, generate_keys
+
+    try:
+        public, secret = generate_keys(directory, force)
+    except SecurityError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"public key: {public}\nsecret key: {secret} (mode 600)")
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the rebuilt run.json.")

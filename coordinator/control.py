@@ -17,10 +17,13 @@ class StartupError(RuntimeError):
 
 
 class ControlServer:
-    def __init__(self, ctx: zmq.Context, address: str, port: int, known: set[str]) -> None:
+    def __init__(self, ctx: zmq.Context, address: str, port: int, known: set[str],
+                 curve: Any = None) -> None:
         self.known = known
         self.rejected = 0
         self.sock = ctx.socket(zmq.ROUTER)
+        if curve is not None:
+            curve.server(self.sock)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # a send to a gone node raises, not vanishes
         # No ROUTER_HANDOVER: a second peer claiming a connected node's identity is refused,
         # so nobody can hijack a node's control channel by naming themselves after it.

@@ -29,11 +29,12 @@ SSH_OPTIONS = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "ServerAli
                "-o", "ServerAliveCountMax=3"]
 
 
-def node_argv(role: str, name: str, control: str, python: str | None) -> list[str]:
+def node_argv(role: str, name: str, control: str, python: str | None, keys: Path | None = None) -> list[str]:
     """The command line that starts a node: `python -m acqnode ...` with a known interpreter,
-    else the installed command (`daq-acqnode ...`) found on the host's PATH."""
+    else the installed command (`daq-acqnode ...`) found on the host's PATH; with CURVE, the
+    key folder (the same path on every host)."""
     head = [python, "-m", ROLE_MODULES[role]] if python else [ROLE_COMMANDS[role]]
-    return [*head, "--coordinator", control, "--name", name]
+    return [*head, "--coordinator", control, "--name", name, *(["--keys", str(keys)] if keys else [])]
 
 
 class Launcher:
@@ -41,23 +42,24 @@ class Launcher:
     Ctrl-C reaches only the coordinator, which stops the run in order) with a parent-death
     signal (none outlives a coordinator that was killed)."""
 
-    def __init__(self, hosts: dict[str, Any] | None = None) -> None:
+    def __init__(self, hosts: dict[str, Any] | None = None, keys: Path | None = None) -> None:
         self.hosts = hosts or {}
+        self.keys = keys
 
     def launch(self, name: str, role: str, host: str, control: str, log_path: Path) -> subprocess.Popen | None:
         """Start node `name` on `host`; None for a manual host (the operator starts it)."""
         cfg = self.hosts.get(host)
         how = cfg.launch if cfg is not None else "local"
         if how == "local":
-            return self.spawn(node_argv(role, name, control, sys.executable), log_path, PARENT_DIED)
+            return self.spawn(node_argv(role, name, control, sys.executable, self.keys), log_path, PARENT_DIED)
         if how == "manual":
             log.warning("host %s: start node %s there by hand: %s", host, name,
-                        shlex.join(node_argv(role, name, control, cfg.python)))
+                        shlex.join(node_argv(role, name, control, cfg.python, self.keys)))
             return None
         if how == "ssh":
-            remote = shlex.join(node_argv(role, name, control, cfg.python))
+            remote = shlex.join(node_argv(role, name, control, cfg.python, self.keys))
             return self.spawn(["ssh", *SSH_OPTIONS, cfg.address, remote], log_path, PARENT_DIED)
-        command = shlex.join(node_argv(role, name, control, cfg.python or sys.executable))
+        command = shlex.join(node_argv(role, name, control, cfg.python or sys.executable, self.keys))
         return self.spawn(["/bin/sh", "-c", render_template(how, host, cfg.address, command)], log_path,
                           PARENT_DIED)
 

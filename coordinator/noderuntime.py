@@ -23,6 +23,7 @@ import zmq
 
 from coordinator import __version__
 from coordinator.procutil import PARENT_DIED
+from coordinator.security import Curve, Gatekeeper, SecurityError
 from coordinator.wire import ProtocolError, pack_control, unpack_control
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,15 @@ class NodeRuntime:
 
     role = "node"
 
-    def __init__(self, name: str, coordinator: str) -> None:
+    def __init__(self, name: str, coordinator: str, keys: Path | None = None) -> None:
         self.name = name
         self.coordinator = coordinator
         self.incarnation = uuid.uuid4().hex[:12]
         self.ctx = zmq.Context()
+        self.curve = Curve.load(keys) if keys is not None else None
+        self.gatekeeper: Gatekeeper | None = None
         self.control = self.ctx.socket(zmq.DEALER)
+        self.secure_client(self.control)
         self.control.setsockopt(zmq.IDENTITY, name.encode())
         self.control.setsockopt(zmq.LINGER, 2000)
         self.control.connect(coordinator)
@@ -113,6 +117,25 @@ class NodeRuntime:
         if sock_or_fd in self._handlers:
             self.poller.unregister(sock_or_fd)
             del self._handlers[sock_or_fd]
+
+    def secure_client(self, sock: zmq.Socket) -> None:
+        """Before connect: with CURVE, the socket talks only to holders of the cluster key."""
+        if self.curve is not None:
+            self.curve.client(sock)
+
+    def secure_server(self, sock: zmq.Socket) -> None:
+        """Before bind: with CURVE, only clients with an authorised key get in."""
+        if self.curve is not None:
+            if self.gatekeeper is None:
+                self.gatekeeper = Gatekeeper(self.ctx, self.curve)
+                self.register(self.gatekeeper.zap, self.gatekeeper.on_zap)
+            self.curve.server(sock)
+
+    def watch_server(self, sock: zmq.Socket, endpoint: str) -> None:
+        """After bind: count and log failed handshakes on it."""
+        if self.gatekeeper is not None:
+            mon = self.gatekeeper.watch(sock, endpoint)
+            self.register(mon, lambda: self.gatekeeper.on_monitor(mon))
 
     def every(self, interval: float, fn: Callable[[], None]) -> None:
         self._timers.append([time.monotonic() + interval, interval, fn])
@@ -219,6 +242,8 @@ class NodeRuntime:
             finally:
                 self.send("bye")
                 self.control.close(linger=500)
+                if self.gatekeeper is not None:
+                    self.gatekeeper.close()
                 self.ctx.term()
                 for s, h in old.items():
                     signal.signal(s, h)
@@ -276,13 +301,17 @@ class NodeRuntime:
     def _send_stats(self) -> None:
         t = os.times()
         counters = {"cpu_s": t.user + t.system, "rejected_control": self.rejected_control,
-                    **self.counters()}
+                    "refused": self.gatekeeper.refused if self.gatekeeper else 0, **self.counters()}
         self.send("stats", state=self.state, counters=counters)
 
 
 def run_node(factory: Callable[[], NodeRuntime]) -> int:
     """Entry point body shared by `daq-acqnode` and `daq-procnode`."""
-    node = factory()
+    try:
+        node = factory()
+    except SecurityError as exc:
+        log.error("%s", exc)
+        return 2
     return node.serve()
 
 
@@ -293,10 +322,12 @@ def node_command(load_class: Callable[[], type], doc: str) -> Any:
     @click.command(help=doc)
     @click.option("--coordinator", required=True, help="Control endpoint, e.g. tcp://127.0.0.1:5550")
     @click.option("--name", required=True, help="This node's name in the topology")
-    def main(coordinator: str, name: str) -> None:
+    @click.option("--keys", type=click.Path(file_okay=False, path_type=Path),
+                  help="Key folder of a run with security: curve (daq-coordinator keys generate)")
+    def main(coordinator: str, name: str, keys: Path | None) -> None:
         setup_node_logging(name)
         tune_malloc()
         cls = load_class()
-        sys.exit(run_node(lambda: cls(name, coordinator)))
+        sys.exit(run_node(lambda: cls(name, coordinator, keys)))
 
     return main

@@ -29,6 +29,7 @@ from coordinator.emulated import StartupFailure, board_address, start_emulator
 from coordinator.launcher import Launcher
 from coordinator.procutil import terminate
 from coordinator.record import keep_record, salvage
+from coordinator.security import Curve, Gatekeeper, SecurityError
 from coordinator.rundir import MASTER_FILE, RunDirectory, last_lines, versions
 from coordinator.statemachine import StateMachine
 from coordinator.topology import Topology
@@ -136,6 +137,9 @@ class Coordinator:
         self.started_at = time.time()
         self.ctx = zmq.Context()
         self.ctl: ControlServer | None = None
+        self.gatekeeper: Gatekeeper | None = None
+        self.poller = zmq.Poller()
+        self.watched: dict = {}
         self.stats_file, self.stats_writer = self.rundir.open_stats()
         old_int = signal.signal(signal.SIGINT, self._on_sigint)
         old_term = signal.signal(signal.SIGTERM, self._on_sigint)
@@ -176,15 +180,28 @@ class Coordinator:
             raise StartupError(f"nodes on {', '.join(far)} cannot reach the coordinator at {ctl}: set "
                                f"control.address to this machine's address on their network (or run "
                                f"with --loopback to map every host to this machine)")
-        if far:
+        if far and self.topo.security == "none":
             log.warning("nodes on %s listen on network addresses without authentication: anyone on that "
-                        "network can send them frames or commands", ", ".join(far))
+                        "network can send them frames or commands (security: curve turns on authentication)", ", ".join(far))
 
     def _execute(self) -> None:
         self._check_launchable()
         known = set(self.nodes)
-        self.ctl = ControlServer(self.ctx, self.topo.control.address, self.topo.control.port, known)
-        launcher = Launcher(self.topo.hosts)
+        curve = None
+        if self.topo.security == "curve":
+            try:
+                curve = Curve.load(self.topo.keys)
+            except SecurityError as exc:
+                raise StartupError(f"security: curve: {exc}") from None
+            self.gatekeeper = Gatekeeper(self.ctx, curve)
+        self.ctl = ControlServer(self.ctx, self.topo.control.address, self.topo.control.port, known, curve)
+        self.poller.register(self.ctl.sock, zmq.POLLIN)
+        if self.gatekeeper is not None:
+            self.gatekeeper.watch(self.ctl.sock, self.ctl.endpoint)
+            self.watched = self.gatekeeper.handlers()
+            for sock in self.watched:
+                self.poller.register(sock, zmq.POLLIN)
+        launcher = Launcher(self.topo.hosts, self.topo.keys if curve else None)
         boards: dict[str, list] = {}
         if self.topo.emulated_boards():
             try:
@@ -313,9 +330,12 @@ class Coordinator:
 
     # ---------------------------------------------------------------- the loop body
     def pump(self, timeout: float) -> None:
-        if self.ctl.sock.poll(int(timeout * 1000)):
-            for name, msg in self.ctl.receive():
-                self._on_message(self.nodes[name], msg)
+        for sock, _ in self.poller.poll(int(timeout * 1000)):
+            if sock is self.ctl.sock:
+                for name, msg in self.ctl.receive():
+                    self._on_message(self.nodes[name], msg)
+            else:
+                self.watched[sock]()
         now = time.monotonic()
         while self.events:
             self._on_event(self.events.popleft())
@@ -478,6 +498,8 @@ class Coordinator:
                     pass
         if self.ctl is not None:
             self.ctl.close()
+        if self.gatekeeper is not None:
+            self.gatekeeper.close()
         self.stats_file.close()
         self.ctx.term()
 
@@ -527,7 +549,9 @@ class Coordinator:
                 "pipeline": {name: [s.stage for s in p.pipeline] for name, p in self.topo.processing.items()},
             },
             "control": {"endpoint": self.ctl.endpoint if self.ctl else None,
-                        "rejected": self.ctl.rejected if self.ctl else 0},
+                        "rejected": self.ctl.rejected if self.ctl else 0,
+                        "security": self.topo.security,
+                        "refused": self.gatekeeper.refused if self.gatekeeper else 0},
             "versions": versions(),
         }
         self.rundir.write_json(summary)

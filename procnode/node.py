@@ -41,8 +41,8 @@ EXPIRE_INTERVAL = 0.05     # s between checks for events that waited too long
 class ProcNode(NodeRuntime):
     role = "processing"
 
-    def __init__(self, name: str, coordinator: str) -> None:
-        super().__init__(name, coordinator)
+    def __init__(self, name: str, coordinator: str, keys: Path | None = None) -> None:
+        super().__init__(name, coordinator, keys)
         self.upstream: dict[zmq.Socket, str] = {}
         self.pipeline: Any = None
         self.files: list[Path] = []
@@ -99,6 +99,7 @@ class ProcNode(NodeRuntime):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 0)  # credits bound what can arrive
             sock.setsockopt(zmq.RCVBUF, DATA_SOCKET_BUFFER)
+            self.secure_client(sock)
             sock.connect(endpoints[up])
             self.upstream[sock] = up
             self.received[up] = 0
@@ -118,6 +119,7 @@ class ProcNode(NodeRuntime):
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 1000)
+        self.secure_server(sock)
         address = topo.host_address(self.cfg.host)
         try:
             port = sock.bind_to_random_port(f"tcp://{address}")
@@ -128,6 +130,7 @@ class ProcNode(NodeRuntime):
         self.forward_sock = sock
         self.outbox = Outbox(sock, self.run_no, self.cfg.forwards_to())
         self.register(sock, self.outbox.on_readable)
+        self.watch_server(sock, f"tcp://{address}:{port}")
         return f"tcp://{address}:{port}"
 
     def _outbox_for(self, peer: str) -> Outbox:

@@ -307,6 +307,8 @@ TOPOLOGY = Schema({
     "control": Field(Section(CONTROL)),
     "hosts": Field(Named(Section(HOST), HOST_NAME, "a mapping of host name to host", nonempty=False)),
     "emulator": Field(Section(EMULATOR_SETTINGS)),
+    "security": Field(one_of("none", "curve")),
+    "keys": Field(text(noun="a folder path")),
     "streams": Field(Named(Section(STREAM), STREAM_NAME, "a non-empty mapping of stream name to stream"),
                      required=True),
     "acquisition": Field(Named(Section(ACQUISITION), NODE_NAME,
@@ -339,6 +341,10 @@ def _cross_check(ctx: _Context, top: Record, base_dir: Path) -> None:
         _resolve_receivers(ctx, streams, acq, proc)
     if isinstance(top.get("run"), Record) and top["run"].ok("directory"):
         top["run"]["directory"] = _absolute(top["run"]["directory"], base_dir)
+    if top.get("security") == "curve" and "keys" not in top.invalid:
+        top["keys"] = _absolute(top.get("keys", "keys"), base_dir)
+    elif top.ok("keys"):
+        ctx.report(("keys",), "keys is only read with security: curve")
     if streams is not None and not ctx.problems:
         check_pipelines(ctx, top, base_dir)
 

@@ -270,6 +270,8 @@ class Topology:
     hosts: dict[str, HostConfig] = field(default_factory=dict)
     control: ControlConfig = field(default_factory=ControlConfig)
     emulator: EmulatorSettings = field(default_factory=EmulatorSettings)
+    security: str = "none"             # none | curve (coordinator/security.py)
+    keys: Path | None = None           # the key folder (absolute after loading) with security: curve
     version: int = SCHEMA_VERSION
     path: Path | None = None           # the file it was loaded from
 
@@ -332,6 +334,8 @@ class Topology:
             out["hosts"] = _plain(self.hosts)
         if self.emulated_boards():
             out["emulator"] = _plain(self.emulator)
+        if self.security != "none":
+            out["security"], out["keys"] = self.security, str(self.keys)
         for section in ("streams", "acquisition", "processing"):
             out[section] = _plain(getattr(self, section))
         return out
