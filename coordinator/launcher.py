@@ -63,6 +63,30 @@ class Launcher:
         return self.spawn(["/bin/sh", "-c", render_template(how, host, cfg.address, command)], log_path,
                           PARENT_DIED)
 
+    def fetch(self, host: str, path: str, dest: Path, timeout: float = 600.0) -> str:
+        """Copy file `path` of `host` to `dest` by running `cat` there the way nodes are started
+        there (ssh, template); returns "" on success, else why not."""
+        cfg = self.hosts.get(host)
+        how = cfg.launch if cfg is not None else "local"
+        cat = shlex.join(["cat", "--", path])
+        if how in ("local", "manual"):
+            return f"not visible here and host {host} is started {how}"
+        argv = (["ssh", *SSH_OPTIONS, cfg.address, cat] if how == "ssh"
+                else ["/bin/sh", "-c", render_template(how, host, cfg.address, cat)])
+        tmp = dest.with_name(dest.name + ".part")
+        try:
+            with open(tmp, "wb") as out:
+                res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
+                                     timeout=timeout)
+            if res.returncode != 0:
+                return f"{argv[0]} exited with {res.returncode}: {res.stderr.decode(errors='replace').strip()[-300:]}"
+            tmp.replace(dest)
+            return ""
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def spawn(self, argv: list[str], log_path: Path, death_signal: int = signal.SIGTERM) -> subprocess.Popen:
         """Any process of the run (nodes, their wrappers, emulated boards), output in the run log;
         `death_signal` is what it gets if the coordinator dies."""

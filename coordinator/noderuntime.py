@@ -191,6 +191,7 @@ class NodeRuntime:
                   "report": self.eor, "counters": self.counters()}
         path = self.run_dir / f"{self.name}.report.json"
         try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(report, default=str))
             os.replace(tmp, path)

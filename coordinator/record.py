@@ -12,7 +12,8 @@ from typing import Any
 
 from coordinator.books import Books, balance
 from coordinator.nodefiles import clear_write_flags, saved_in_file
-from coordinator.rundir import RunDirectory
+from coordinator.master import write_master
+from coordinator.rundir import MASTER_FILE, RunDirectory
 
 log = logging.getLogger("coordinator")
 
@@ -37,7 +38,8 @@ def salvage(node: str, files: list[str], writer_dead: bool) -> dict | None:
 
 def keep_record(rundir: RunDirectory, name: str, acq_reports: dict[str, dict | None],
                 proc_reports: dict[str, dict | None], node_files: dict[str, list[str]],
-                lost: set[str], seen: dict[str, int], attrs: dict[str, Any]) -> tuple[Books, Path | None]:
+                lost: set[str], seen: dict[str, int], attrs: dict[str, Any],
+                places: dict[str, dict] | None = None) -> tuple[Books, Path | None]:
     """Balance the books and write missing.csv and the master file; returns (books, master)."""
     produced = {a: (r or {}).get("produced") for a, r in acq_reports.items()}
     books = balance(produced, acq_reports, proc_reports, lost, seen)
@@ -45,7 +47,7 @@ def keep_record(rundir: RunDirectory, name: str, acq_reports: dict[str, dict | N
     master = None
     if any(node_files.values()):   # a run that failed before its nodes made files has nothing to link
         try:
-            master = rundir.write_master(name, books, node_files, attrs)
+            master = write_master(rundir.path / MASTER_FILE, name, books, node_files, attrs, places)
         except Exception as exc:
             log.error("could not write the master file: %s", exc)
     return books, master

@@ -79,33 +79,6 @@ class RunDirectory:
             for r in books.missing:
                 w.writerow([r.first, r.last, r.count, r.module, r.cause, r.node, f"{r.time:.3f}"])
 
-    def write_master(self, name: str, books: Books, node_files: dict[str, list[str]],
-                     attrs: dict[str, Any]) -> Path:
-        """One HDF5 file that links every node's file and holds the missing-frame table (NeXus)."""
-        import h5py
-        path = self.path / MASTER_FILE
-        with h5py.File(path, "w") as f:
-            entry = f.create_group("entry")
-            entry.attrs.update({"NX_class": "NXentry", "title": name, **attrs})
-            nodes = entry.create_group("nodes")
-            nodes.attrs["NX_class"] = "NXcollection"
-            for node, files in node_files.items():
-                for fp in files:
-                    rel = os.path.relpath(fp, self.path)
-                    nodes[node] = h5py.ExternalLink(rel, "/entry")
-            str_t = h5py.string_dtype()
-            dt = np.dtype([("seq_first", "<u8"), ("seq_last", "<u8"), ("count", "<u8"),
-                           ("module", str_t), ("cause", str_t), ("node", str_t), ("time", "<f8")])
-            table = np.array([(r.first, r.last, r.count, r.module, r.cause, r.node, r.time)
-                              for r in books.missing], dtype=dt)
-            ds = entry.create_dataset("missing", data=table, maxshape=(None,))
-            ds.attrs["description"] = "frames not in the output: seq range (inclusive), module, cause, node, time (unix s)"
-            summ = books.summary()
-            for k in ("produced", "saved", "missing"):
-                entry.attrs[f"frames_{k}"] = summ[k]
-            entry.attrs["missing_by_cause"] = json.dumps(summ["missing_by_cause"])
-        return path
-
 
 def last_lines(path: Path, n: int = 8, match: str = "") -> list[str]:
     """The last n lines of a log (optionally only those containing `match`)."""

@@ -124,6 +124,7 @@ class Coordinator:
         self.schedules: dict[str, DispatchSchedule] = {}
         self.books: Books | None = None
         self.emulator_proc: Any = None
+        self.launcher: Launcher | None = None
 
     # ---------------------------------------------------------------- public entry
     def run(self) -> dict:
@@ -201,7 +202,7 @@ class Coordinator:
             self.watched = self.gatekeeper.handlers()
             for sock in self.watched:
                 self.poller.register(sock, zmq.POLLIN)
-        launcher = Launcher(self.topo.hosts, self.topo.keys if curve else None)
+        self.launcher = launcher = Launcher(self.topo.hosts, self.topo.keys if curve else None)
         boards: dict[str, list] = {}
         if self.topo.emulated_boards():
             try:
@@ -503,6 +504,33 @@ class Coordinator:
         self.stats_file.close()
         self.ctx.term()
 
+    def _gather(self, files: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict]]:
+        """Processing nodes' files: in place where this machine sees them (its own host or a
+        shared file system), else fetched into the run directory from their host (ssh or
+        template: `cat` run the way nodes are started there); where that cannot be done, the
+        record and the master file say where each file stays."""
+        out: dict[str, list[str]] = {}
+        places: dict[str, dict] = {}
+        for node, paths in files.items():
+            host = self.nodes[node].host
+            out[node] = []
+            for p in paths:
+                if Path(p).exists():
+                    out[node].append(p)
+                    places[p] = {"host": host, "where": "in place"}
+                    continue
+                dest = self.rundir.path / Path(p).name
+                why = self.launcher.fetch(host, p, dest) if self.launcher else "never launched"
+                if not why:
+                    log.info("%s: fetched %s from host %s", node, p, host)
+                    out[node].append(str(dest))
+                    places[str(dest)] = {"host": host, "where": "fetched", "from": p}
+                else:
+                    log.warning("%s: %s stays on host %s: %s", node, p, host, why)
+                    out[node].append(p)
+                    places[p] = {"host": host, "where": f"on host {host}, not fetched: {why}"}
+        return out, places
+
     def result(self) -> tuple[str, int]:
         if self.failure:
             return "failed", EXIT_FAILED
@@ -514,15 +542,16 @@ class Coordinator:
 
     def _record(self) -> dict:
         acq_reports = {n.name: n.eor for n in self.nodes.values() if n.role == "acquisition"}
-        proc_reports = {n.name: n.eor or salvage(n.name, n.info.get("files", []),
+        procs = [n for n in self.nodes.values() if n.role == "processing"]
+        files, places = self._gather({n.name: (n.eor or {}).get("files") or n.info.get("files", []) for n in procs})
+        proc_reports = {n.name: n.eor or salvage(n.name, files[n.name],
                                                  n.proc is not None and n.proc.poll() is not None)
-                        for n in self.nodes.values() if n.role == "processing"}
+                        for n in procs}
         lost = {n.name for n in self.nodes.values() if n.lost}
         seen = {a: self.nodes[a].counters.get("frames", 0) for a in acq_reports}
         result, code = self.result()
-        files = {n: (r or {}).get("files") or self.nodes[n].info.get("files", []) for n, r in proc_reports.items()}
         self.books, master = keep_record(self.rundir, self.topo.name, acq_reports, proc_reports, files, lost,
-                                         seen, {"run": self.rundir.number, "result": result})
+                                         seen, {"run": self.rundir.number, "result": result}, places)
         summary = {
             "name": self.topo.name, "run": self.rundir.number, "run_dir": str(self.rundir.path),
             "result": result, "exit_code": code,
@@ -535,6 +564,7 @@ class Coordinator:
             "states": self.sm.history,
             "books": self.books.summary(),
             "missing_file": "missing.csv", "master_file": MASTER_FILE if master else None,
+            "files": places,
             "nodes": {n.name: {"role": n.role, "host": n.host, "pid": n.pid, "incarnation": n.incarnation,
                                "lost": n.lost, "lost_reason": n.lost_reason, "errors": n.errors,
                                "exit_code": n.proc.poll() if n.proc is not None else None,

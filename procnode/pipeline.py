@@ -145,6 +145,7 @@ def build_pipeline(topo: Any, node: str, run: int, run_dir: Path, outbox: Callab
                    on_error: Callable[[str], None]) -> tuple[Pipeline, StageContext, list[Path]]:
     """Stages of `node`, the context they share and the files they write."""
     cfg = topo.processing[node]
+    Path(run_dir).mkdir(parents=True, exist_ok=True)   # a host without the coordinator's file system
     streams = [topo.streams[s] for s in cfg.streams]
     modules = {s.name: tuple(s.modules) for s in streams}
     waves = pipeline_waves(topo, node)      # shape and axes before each stage

@@ -57,6 +57,8 @@ def test_two_acquisition_and_two_processing_hosts(tmp_path, testnet):
             assert set(ev["present"][()].tolist()) == {3}     # both boards' parts met on this host
             events += len(ev["seq"])
     assert events == 600
+    # the processing hosts share this file system here: their files are used where they are
+    assert {p["where"] for p in summary["files"].values()} == {"in place"} and len(summary["files"]) == 2
 
 
 def test_hosts_that_cannot_reach_a_loopback_coordinator_are_refused(tmp_path):
