@@ -24,7 +24,7 @@ import time
 
 from coordinator.dispatch import DispatchSchedule
 from coordinator.ranges import RangeSet
-from coordinator.wire import ProtocolError, pack_frames_header, pack_gap, unpack_data_header
+from coordinator.wire import ProtocolError, log_rejected, pack_frames_header, pack_gap, unpack_data_header
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Shipper:
                     raise ProtocolError("negative credit")
             except ProtocolError as exc:
                 self.rejected += 1
-                log.warning("rejected data-socket message: %s", exc)
+                log_rejected(log, self.rejected, "data-socket message: %s", exc)
                 continue
             if peer in self.lost:
                 log.info("%s is back; it gets frames again", peer)

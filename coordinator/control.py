@@ -7,7 +7,7 @@ from typing import Any
 
 import zmq
 
-from coordinator.wire import ProtocolError, pack_control, unpack_control
+from coordinator.wire import ProtocolError, log_rejected, pack_control, unpack_control
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,7 @@ class ControlServer:
                 out.append((ident, unpack_control(parts[1])))
             except ProtocolError as exc:
                 self.rejected += 1
-                if self.rejected <= 20 or self.rejected % 1000 == 0:
-                    log.warning("rejected control message #%d from %r: %s", self.rejected, ident[:40], exc)
+                log_rejected(log, self.rejected, "control message from %r: %s", ident[:40], exc)
 
     def close(self) -> None:
         self.sock.close(linger=0)

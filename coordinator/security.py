@@ -25,12 +25,13 @@ import zmq.auth
 import zmq.utils.z85
 from zmq.utils.monitor import recv_monitor_message
 
+from coordinator.wire import log_rejected
+
 log = logging.getLogger(__name__)
 
 KEY_NAME = "cluster"
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"daq"
-_LOG_FIRST = 20          # refusals logged one by one; after that every 1000th
 
 
 class SecurityError(RuntimeError):
@@ -142,8 +143,7 @@ class Gatekeeper:
 
     def _refused(self, what: str) -> None:
         self.refused += 1
-        if self.refused <= _LOG_FIRST or self.refused % 1000 == 0:
-            log.warning("security: refused #%d, %s", self.refused, what)
+        log_rejected(log, self.refused, "connection (CURVE): %s", what)
 
     def close(self) -> None:
         for mon in self.monitors:

@@ -76,7 +76,7 @@ def _check(msg: Any, schema: dict[str, dict[str, Any]], what: str) -> dict:
     if not isinstance(msg, dict):
         raise ProtocolError(f"{what}: expected a msgpack map, got {type(msg).__name__}")
     v = msg.get("v")
-    if v != PROTOCOL_VERSION:
+    if type(v) is not int or v != PROTOCOL_VERSION:     # 2.0 == 2 in Python; not on the wire
         raise ProtocolError(f"{what}: protocol version {v!r}, this node speaks {PROTOCOL_VERSION}")
     t = msg.get("t")
     fields = schema.get(t) if isinstance(t, str) else None
@@ -86,7 +86,33 @@ def _check(msg: Any, schema: dict[str, dict[str, Any]], what: str) -> dict:
         val = msg.get(key)
         if not isinstance(val, typ) or (typ is int and isinstance(val, bool)):
             raise ProtocolError(f"{what} {t!r}: field {key!r} missing or not {getattr(typ, '__name__', typ)}")
+    if t == "stats":
+        _check_counters(msg["counters"], what)
     return msg
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_counters(counters: dict, what: str) -> None:
+    """A node's counters are numbers, or maps of numbers (per peer); the coordinator does
+    arithmetic on them, so anything else is refused here rather than failing there."""
+    for k, v in counters.items():
+        if not isinstance(k, str) or not (_number(v) or isinstance(v, dict) and all(
+                isinstance(p, str) and _number(x) for p, x in v.items())):
+            raise ProtocolError(f"{what} 'stats': counter {k!r} is not a number or a map of numbers")
+
+
+#: Rejections logged one by one before the log thins out to every 1000th (a flood of garbage
+#: must not fill the disk); every one is counted.
+LOG_FIRST_REJECTIONS = 20
+
+
+def log_rejected(logger: Any, count: int, message: str, *args: Any) -> None:
+    """Log rejection number `count` (1-based) if it is among the first few or a 1000th."""
+    if count <= LOG_FIRST_REJECTIONS or count % 1000 == 0:
+        logger.warning("rejected #%d: " + message, count, *args)
 
 
 def _unpack(raw: bytes, what: str) -> Any:

@@ -24,7 +24,7 @@ from coordinator.noderuntime import NodeRuntime
 from coordinator.ranges import RangeSet
 from coordinator.topology import topology_from_dict
 from coordinator.wire import (
-    DATA_SOCKET_BUFFER, ProtocolError, events_from_payload, pack_credit, records_from_payload,
+    DATA_SOCKET_BUFFER, ProtocolError, events_from_payload, log_rejected, pack_credit, records_from_payload,
     unpack_data_header,
 )
 from coordinator.frames import FLAG_INCOMPLETE, frame_dtype
@@ -315,7 +315,7 @@ class ProcNode(NodeRuntime):
         """Count and drop a bad message; if its header was readable, book its seqs as corrupt
         and give its credit back, so one bad message neither stalls the flow nor hides frames."""
         self.rejected += 1
-        log.warning("rejected data message from %s: %s", up, exc)
+        log_rejected(log, self.rejected, "data message from %s: %s", up, exc)
         t = header.get("t") if header else None
         if t not in ("frames", "events") or header.get("run") != self.run_no:
             return

@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 
 from coordinator.ranges import RangeSet
-from coordinator.wire import ProtocolError, pack_events, unpack_data_header
+from coordinator.wire import ProtocolError, log_rejected, pack_events, unpack_data_header
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Outbox:
                     raise ProtocolError(f"unexpected {msg['t']!r} from {peer!r}")
             except ProtocolError as exc:
                 self.rejected += 1
-                log.warning("rejected message on the forward socket: %s", exc)
+                log_rejected(log, self.rejected, "message on the forward socket: %s", exc)
                 continue
             self.credits[peer] += msg["n"]
         self.pump()

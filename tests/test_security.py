@@ -83,7 +83,7 @@ def test_peers_without_an_authorised_key_are_refused(tmp_path, testnet):
     assert summary["nodes"]["rp1"]["report"]["rejected"] == 0 and summary["nodes"]["rp1"]["errors"] == []
     log = (Path(summary["run_dir"]) / "log.txt").read_text()
     evil = testnet.addresses["evil"]
-    assert "coordinator WARNING security: refused #1" in log
+    assert "coordinator WARNING rejected #1: connection (CURVE)" in log
     assert f"peer {evil}: key not authorised" in log             # ZAP names the peer
     for where in (f"tcp://{testnet.addresses['ctl']}:{control}", f"tcp://{testnet.addresses['acq1']}:{data}"):
         assert f"a peer on {where}: no CURVE" in log                 # keyless: only our endpoint is known
