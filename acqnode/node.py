@@ -145,6 +145,11 @@ class AcqNode(NodeRuntime):
         if self.shipper:
             self.shipper.peer_lost(msg["peer"])
 
+    def on_peer_back(self, msg: dict) -> None:
+        if self.shipper:
+            self.shipper.peer_back(msg["peer"], msg["from_seq"])
+            self.shipper.pump()
+
     def on_schedule(self, msg: dict) -> None:
         """New epochs of the dispatch schedule (future blocks move to other processing nodes)."""
         if self.shipper is not None and self.shipper.schedule is not None:

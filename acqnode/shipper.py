@@ -42,6 +42,10 @@ class Shipper:
         self.batch_max = max(1, batch_max)
         self.credits = {p: 0 for p in peers}
         self.lost: set[str] = set()
+        self.written_off: set[str] = set()    # lost by the coordinator's word (not just a dropped link)
+        self.held: dict[str, int] = {}        # credit granted while written off (by a new incarnation)
+        self.back_from: dict[str, int] = {}   # a rejoined peer gets scheduled blocks from this seq on
+        self.shipped_lost = {p: RangeSet() for p in peers}   # shipped to an incarnation that was lost
         self.inflight: deque[list] = deque()  # [n_records, done], oldest first
         self.done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.unreleased = 0                   # records sent but not yet released to the ring
@@ -80,16 +84,40 @@ class Shipper:
                 self.rejected += 1
                 log_rejected(log, self.rejected, "data-socket message: %s", exc)
                 continue
-            if peer in self.lost:
+            if peer in self.written_off:    # only the coordinator says when such a peer is back
+                self.held[peer] = self.held.get(peer, 0) + msg["n"]
+                continue
+            if peer in self.lost:             # its connection dropped and came back: same node
                 log.info("%s is back; it gets frames again", peer)
                 self.lost.discard(peer)
             self.credits[peer] += msg["n"]
 
-    def peer_lost(self, peer: str) -> None:
-        if peer in self.credits and peer not in self.lost:
+    def peer_lost(self, peer: str, written_off: bool = True) -> None:
+        """Withdraw its credit (its connection dropped, or the coordinator wrote it off).  What a
+        written-off peer was sent is booked to that incarnation: a later one starts with a clean
+        slate, so its end-of-run count is its own."""
+        if peer not in self.credits:
+            return
+        if peer not in self.lost:
             log.warning("receiver %s lost; its credit is withdrawn", peer)
             self.lost.add(peer)
             self.credits[peer] = 0
+        if written_off and peer not in self.written_off:
+            self.written_off.add(peer)
+            self.held[peer] = 0
+            self.shipped_lost[peer].update(self.shipped[peer])
+            self.shipped[peer] = RangeSet()
+
+    def peer_back(self, peer: str, from_seq: int) -> None:
+        """A new incarnation of a lost receiver: it gets the credit it has granted since, and
+        with a schedule its blocks from `from_seq` on (a seq no module has sent yet, so every
+        module sends each later event to the same node)."""
+        if peer in self.written_off:
+            log.warning("receiver %s is back (new incarnation); blocks from seq %d", peer, from_seq)
+            self.written_off.discard(peer)
+            self.lost.discard(peer)
+            self.credits[peer] = self.held.pop(peer, 0)
+            self.back_from[peer] = from_seq
 
     # -- outgoing frames --------------------------------------------------------------
     def reap(self) -> None:
@@ -133,7 +161,8 @@ class Shipper:
         if len(head) == 0:
             return None, None
         seq = int(head["seq"][0])
-        peer = self.schedule.owner(seq, self.lost)
+        lost = self.lost | {p for p, s in self.back_from.items() if seq < s} if self.back_from else self.lost
+        peer = self.schedule.owner(seq, lost)
         if peer is None:
             return None, None
         if self.credits[peer] <= 0:
@@ -212,7 +241,7 @@ class Shipper:
             self.sock.send_multipart([peer.encode(), header, recs], flags=zmq.NOBLOCK, copy=not big)
         except zmq.ZMQError as exc:
             if exc.errno == errno.EHOSTUNREACH:
-                self.peer_lost(peer)
+                self.peer_lost(peer, written_off=False)
                 return False
             if exc.errno == errno.EAGAIN:
                 # peer's queue is full despite credit: treat its credit as spent for now
@@ -253,6 +282,7 @@ class Shipper:
     def report(self) -> dict:
         return {
             "shipped": {p: r.to_list() for p, r in self.shipped.items()},
+            "shipped_lost": {p: r.to_list() for p, r in self.shipped_lost.items() if len(r)},
             "send_failed": self.send_failed.to_list(),
             "sent_frames": self.sent_frames, "sent_bytes": self.sent_bytes,
             "messages": self.messages, "rejected": self.rejected,

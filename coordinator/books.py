@@ -120,6 +120,8 @@ def balance(modules: dict[str, int | None], acq_reports: dict[str, dict | None],
             for peer, by in rep.get("forwarded", {}).items():
                 lost_peer = peer in lost or not proc_reports.get(peer)
                 take(RangeSet(by.get(module, [])), "node_lost" if lost_peer else "send_failed", peer)
+        for proc, ranges in acq.get("shipped_lost", {}).items():   # sent to an incarnation that was lost
+            take(RangeSet(ranges), "node_lost", proc)
         for proc, ranges in acq.get("shipped", {}).items():
             lost_proc = proc in lost or not proc_reports.get(proc)
             take(RangeSet(ranges), "node_lost" if lost_proc else "send_failed", proc)

@@ -72,6 +72,9 @@ class NodeStatus:
     lost_reason: str = ""
     errors: list[str] = field(default_factory=list)
     expect: dict = field(default_factory=dict)
+    past: list = field(default_factory=list)     # earlier incarnations: lost, their files kept
+    rejoining: bool = False
+    said_ignored: bool = False
     _prev: tuple[float, dict] | None = None
 
 
@@ -220,6 +223,7 @@ class Coordinator:
 
         resolved = self.topo.to_dict()
         base = {"run": self.rundir.number, "topology": resolved, "run_dir": str(self.rundir.path)}
+        self.base = base
         acqs = [n for n in self.nodes.values() if n.role == "acquisition"]
         procs = [self.nodes[p] for p in self.topo.processing_order()]
         self.schedules = self._initial_schedules()
@@ -235,9 +239,10 @@ class Coordinator:
                 self.ctl.send(n.name, "configure", **base, params={"endpoints": endpoints})
             self._wait(group, lambda n: bool(n.info), timeout, "configuration of processing nodes")
             endpoints.update({n.name: n.info["forward_endpoint"] for n in group if n.info.get("forward_endpoint")})
+        self.endpoints = endpoints
         self.sm.fire("configure")
 
-        epoch_ns = time.time_ns()     # the run's time zero: board timestamps count from it
+        epoch_ns = self.epoch_ns = time.time_ns()   # the run's time zero: board timestamps count from it
         for group in (procs, acqs):   # receivers first, so credit is there when frames come
             for n in group:
                 self.ctl.send(n.name, "start", epoch_ns=epoch_ns)
@@ -294,15 +299,22 @@ class Coordinator:
                 for p, t in now_s.items():
                     stalled[p] = max(stalled.get(p, 0.0), t - before.get(p, 0.0))
                 self._stalled_seen[n.name] = dict(now_s)
-            ring = max(self.topo.acquisition[n.name].ring.slots for n in mods)
-            rate = max(n.rates.get("frames_per_s", 0.0) for n in mods)
-            frontier = max(n.counters.get("frames", 0) for n in mods) + ring + int(2 * rate) + schedule.block
+            frontier = self._frontier(stream)
             new = rebalance(schedule, stalled, REBALANCE_INTERVAL, frontier)
             if new is not None:
                 log.warning("stream %s: %s falls behind; from block %d blocks are dealt %s", stream,
                             max(stalled, key=stalled.get), schedule.epochs[-1][0], new)
                 for n in mods:
                     self.ctl.send(n.name, "schedule", stream=stream, schedule=schedule.to_dict())
+
+    def _frontier(self, stream: str) -> int:
+        """A seq that no module of `stream` has sent yet, with margin (ring, 2 s of frames, a block):
+        a change of dispatch from there on reaches every module before its frames do."""
+        mods = [self.nodes[m] for m in self.topo.streams[stream].modules]
+        ring = max(self.topo.acquisition[n.name].ring.slots for n in mods)
+        rate = max(n.rates.get("frames_per_s", 0.0) for n in mods)
+        block = self.topo.streams[stream].dispatch_block
+        return max(n.counters.get("frames", 0) for n in mods) + ring + int(2 * rate) + block
 
     def _initial_schedules(self) -> dict[str, DispatchSchedule]:
         """Dispatch schedules of the streams whose events need every part on one node."""
@@ -375,8 +387,11 @@ class Coordinator:
             self.pump(0.05)
 
     def _on_message(self, n: NodeStatus, msg: dict) -> None:
-        n.last_seen = time.monotonic()
         t = msg["t"]
+        if n.lost:
+            self._from_lost(n, msg)
+            return
+        n.last_seen = time.monotonic()
         if t == "hello":
             if n.registered and msg["incarnation"] != n.incarnation:
                 log.warning("%s registered again as a new incarnation", n.name)
@@ -385,8 +400,12 @@ class Coordinator:
         elif t == "configured":
             n.info = msg["info"] or {"ok": True}
             n.state = "configured"
+            if n.rejoining:
+                self.ctl.send(n.name, "start", epoch_ns=self.epoch_ns)
         elif t == "started":
             n.started = True
+            if n.rejoining:
+                self._rejoined(n)
         elif t == "stats":
             n.state = msg["state"]
             self._update_rates(n, msg["counters"])
@@ -403,6 +422,55 @@ class Coordinator:
                 self.failure = msg["message"]
         elif t == "bye":
             n.state = "exited"
+
+    def can_rejoin(self, n: NodeStatus) -> str:
+        """Why a lost node cannot come back into this run ("" if it can).
+
+        A processing node fed by acquisition nodes can: it starts afresh, and its senders deal it
+        blocks again from a seq none has sent yet.  An acquisition node cannot: a restarted
+        source counts its frames from 0 again, and its seqs would no longer name the same events
+        as the other modules'.  A node in a chain cannot either: the nodes it talks to hold its
+        old endpoint."""
+        if self.sm.state != "running":
+            return f"the run is {self.sm.state}"
+        if n.role == "acquisition":
+            return "an acquisition node's seqs would restart from 0 (its module stays missing from the loss on)"
+        cfg = self.topo.processing[n.name]
+        if cfg.forwards_to() or n.name in self.topo.chained():
+            return "it is part of a processing chain"
+        return ""
+
+    def _from_lost(self, n: NodeStatus, msg: dict) -> None:
+        """A message from a node declared lost: a new incarnation rejoins (if it can); anything
+        else from the written-off incarnation is ignored (said once)."""
+        if msg["t"] == "hello" and msg["incarnation"] != n.incarnation:
+            why = self.can_rejoin(n)
+            if why:
+                log.warning("%s came back as a new incarnation but cannot rejoin: %s; told to shut down",
+                            n.name, why)
+                self.ctl.send(n.name, "shutdown")
+                return
+            n.past.append({"incarnation": n.incarnation, "pid": n.pid, "lost_reason": n.lost_reason,
+                           "files": n.info.get("files", []), "counters": n.counters})
+            k = len(n.past) + 1
+            log.warning("%s is back as incarnation %d (%s, pid %s); configuring it", n.name, k,
+                        msg["incarnation"], msg["pid"])
+            n.lost, n.lost_reason, n.rejoining, n.said_ignored = False, "", True, False
+            n.registered, n.incarnation, n.pid, n.proc = True, msg["incarnation"], msg["pid"], None
+            n.state, n.info, n.started, n.eor, n.counters, n._prev = "registered", {}, False, None, {}, None
+            n.last_seen = time.monotonic()
+            self.ctl.send(n.name, "configure", **{**self.base, "run_dir": str(self.rundir.path / f"{n.name}-{k}")},
+                          params={"endpoints": self.endpoints})
+        elif not n.said_ignored:
+            n.said_ignored = True
+            log.warning("%s (the incarnation declared lost) is heard again; it stays out of the run", n.name)
+
+    def _rejoined(self, n: NodeStatus) -> None:
+        n.rejoining = False
+        for a in self.topo.upstreams(n.name):
+            stream = self.topo.acquisition[a].stream
+            self.ctl.send(a, "peer_back", peer=n.name, from_seq=self._frontier(stream))
+        log.warning("%s rejoined the run", n.name)
 
     def _on_event(self, event: str) -> None:
         if event == "interrupt":
@@ -512,7 +580,7 @@ class Coordinator:
         out: dict[str, list[str]] = {}
         places: dict[str, dict] = {}
         for node, paths in files.items():
-            host = self.nodes[node].host
+            host = self.nodes[node.split("~")[0]].host
             out[node] = []
             for p in paths:
                 if Path(p).exists():
@@ -536,17 +604,20 @@ class Coordinator:
             return "failed", EXIT_FAILED
         if self.interrupted:
             return "interrupted", EXIT_INTERRUPTED
-        if any(n.lost for n in self.nodes.values()):
+        if any(n.lost or n.past for n in self.nodes.values()):
             return "degraded", EXIT_DEGRADED
         return "completed", EXIT_OK
 
     def _record(self) -> dict:
         acq_reports = {n.name: n.eor for n in self.nodes.values() if n.role == "acquisition"}
         procs = [n for n in self.nodes.values() if n.role == "processing"]
-        files, places = self._gather({n.name: (n.eor or {}).get("files") or n.info.get("files", []) for n in procs})
+        past = {f"{n.name}~{k}": p["files"] for n in procs for k, p in enumerate(n.past, 1)}   # written off
+        files, places = self._gather({**{n.name: (n.eor or {}).get("files") or n.info.get("files", [])
+                                         for n in procs}, **past})
         proc_reports = {n.name: n.eor or salvage(n.name, files[n.name],
                                                  n.proc is not None and n.proc.poll() is not None)
                         for n in procs}
+        proc_reports.update({name: salvage(name, files[name], True) for name in past})
         lost = {n.name for n in self.nodes.values() if n.lost}
         seen = {a: self.nodes[a].counters.get("frames", 0) for a in acq_reports}
         result, code = self.result()
@@ -555,7 +626,9 @@ class Coordinator:
         summary = {
             "name": self.topo.name, "run": self.rundir.number, "run_dir": str(self.rundir.path),
             "result": result, "exit_code": code,
-            "message": self.failure or "; ".join(n.lost_reason for n in self.nodes.values() if n.lost),
+            "message": self.failure or "; ".join([p["lost_reason"] + " (it rejoined)" for n in self.nodes.values()
+                                                  for p in n.past] +
+                                                 [n.lost_reason for n in self.nodes.values() if n.lost]),
             "stop_reason": self.stop_reason,
             "topology_file": str(self.topo.path) if self.topo.path else None,
             "started": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(),
@@ -568,7 +641,8 @@ class Coordinator:
             "nodes": {n.name: {"role": n.role, "host": n.host, "pid": n.pid, "incarnation": n.incarnation,
                                "lost": n.lost, "lost_reason": n.lost_reason, "errors": n.errors,
                                "exit_code": n.proc.poll() if n.proc is not None else None,
-                               "configured": n.info, "report": n.eor, "counters": n.counters}
+                               "configured": n.info, "report": n.eor, "counters": n.counters,
+                               "past_incarnations": n.past}
                       for n in self.nodes.values()},
             "parameters": {
                 "requested": {"topology": self.topo.to_dict(),

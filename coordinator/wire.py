@@ -47,6 +47,7 @@ CONTROL_SCHEMA: dict[str, dict[str, Any]] = {
     "stop": {"reason": str},
     "end": {"expect": dict},
     "peer_lost": {"peer": str},
+    "peer_back": {"peer": str, "from_seq": int},
     "schedule": {"stream": str, "schedule": dict},
     "shutdown": {},
     # both ways

@@ -219,7 +219,7 @@ def books_by_seq(summary: dict) -> dict[str, dict[str, np.ndarray]]:
     each saved once or missing once."""
     run_dir = Path(summary["run_dir"])
     out: dict[str, dict[str, list]] = {}
-    for f in sorted(run_dir.glob("proc*.h5")):
+    for f in sorted(p for p in run_dir.rglob("*.h5") if p.name != "run.h5"):
         with h5py.File(f, "r", libver="latest", swmr=True) as h:
             g = h["entry/pulses"]
             names = [n.decode() if isinstance(n, bytes) else n for n in g["module"].attrs["names"]]
