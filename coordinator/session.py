@@ -300,7 +300,9 @@ class Coordinator:
                     stalled[p] = max(stalled.get(p, 0.0), t - before.get(p, 0.0))
                 self._stalled_seen[n.name] = dict(now_s)
             frontier = self._frontier(stream)
-            new = rebalance(schedule, stalled, REBALANCE_INTERVAL, frontier)
+            # below this seq every module has sent all: a cut is judged on a deal fully in force
+            sent = min((n.counters.get("sent_frames", 0) for n in mods if not n.lost), default=0)
+            new = rebalance(schedule, stalled, REBALANCE_INTERVAL, frontier, sent=sent)
             if new is not None:
                 log.warning("stream %s: %s falls behind; from block %d blocks are dealt %s", stream,
                             max(stalled, key=stalled.get), schedule.epochs[-1][0], new)
@@ -343,6 +345,12 @@ class Coordinator:
 
     # ---------------------------------------------------------------- the loop body
     def pump(self, timeout: float) -> None:
+        # wake up when a node's silence reaches the limit, not up to `timeout` later (the
+        # death-to-detection time is then the heartbeat timeout itself, not that plus a poll)
+        silent = [n.last_seen for n in self.nodes.values() if n.registered and not n.lost and n.state != "exited"]
+        if silent and not self.shutting_down:
+            due = min(silent) + self.topo.run.heartbeat_timeout - time.monotonic()
+            timeout = min(timeout, max(due + 0.001, 0.0))
         for sock, _ in self.poller.poll(int(timeout * 1000)):
             if sock is self.ctl.sock:
                 for name, msg in self.ctl.receive():

@@ -341,7 +341,7 @@ class ProcNode(NodeRuntime):
         self._grant(sock, n)
 
     def _poll_stages(self) -> None:
-        if self.pipeline is not None:
+        if self.pipeline is not None and self.eor is None:   # after the end of run the files are closed
             self.pipeline.poll()
 
     def _expire(self) -> None:
