@@ -1,7 +1,9 @@
 """The run's master file `run.h5`: one NeXus file over every processing node's file.
 
     /entry                     NXentry: run, result, frames_produced/saved/missing
-    /entry/nodes/<node>        external link to that node's /entry (attrs: host, path, where)
+    /entry/nodes/<node>        external link to that node's /entry (`<node>~<k>`: an earlier, lost
+                               incarnation); attribute `<node>_where` on /entry/nodes: JSON of
+                               the file's host and whether it is in place, fetched or left there
     /entry/<stream>            NXdata: every saved part of every node, as HDF5 virtual datasets:
                                module by module (attr module_rows: where each starts), each
                                module's parts in seq order; `time` copied

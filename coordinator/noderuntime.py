@@ -24,7 +24,7 @@ import zmq
 from coordinator import __version__
 from coordinator.procutil import PARENT_DIED
 from coordinator.security import Curve, Gatekeeper, SecurityError
-from coordinator.wire import ProtocolError, pack_control, unpack_control
+from coordinator.wire import ProtocolError, log_rejected, pack_control, unpack_control
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class NodeRuntime:
                 msg = unpack_control(raw)
             except ProtocolError as exc:
                 self.rejected_control += 1
-                log.warning("rejected control message: %s", exc)
+                log_rejected(log, self.rejected_control, "control message: %s", exc)
                 continue
             self.last_heard = time.monotonic()
             if msg["t"] == "configure":
@@ -285,7 +285,8 @@ class NodeRuntime:
             handler = getattr(self, f"on_{msg['t']}", None)
             if handler is None:
                 self.rejected_control += 1
-                log.warning("control message %r is not for a %s node", msg["t"], self.role)
+                log_rejected(log, self.rejected_control, "control message %r is not for a %s node",
+                             msg["t"], self.role)
                 continue
             try:
                 handler(msg)

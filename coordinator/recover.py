@@ -33,16 +33,27 @@ class RecoverError(RuntimeError):
     """The folder is not a run directory this version can read."""
 
 
-def read_reports(run_dir: Path) -> dict[str, dict]:
-    """node -> the report file it left (unreadable files are named in the log and skipped)."""
-    out = {}
-    for path in sorted(run_dir.glob(f"*{REPORT_SUFFIX}")):
-        try:
-            rep = json.loads(path.read_text())
-            out[rep["node"]] = rep
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("%s: unreadable report file: %s", path, exc)
-    return out
+def read_report(path: Path) -> dict | None:
+    """A node's report file, or None (an unreadable one is named in the log)."""
+    if not path.exists():
+        return None
+    try:
+        rep = json.loads(path.read_text())
+        return rep if isinstance(rep, dict) and "node" in rep else None
+    except (OSError, ValueError) as exc:
+        log.error("%s: unreadable report file: %s", path, exc)
+        return None
+
+
+def incarnations(run_dir: Path, node: str) -> list[Path]:
+    """The folders a node's incarnations wrote into, oldest first: the run directory, then
+    `<node>-<k>/` for each that rejoined (coordinator/session.py)."""
+    found = []
+    for d in run_dir.glob(f"{node}-*"):
+        m = re.fullmatch(re.escape(node) + r"-(\d+)", d.name)
+        if m and d.is_dir():
+            found.append((int(m.group(1)), d))
+    return [run_dir] + [d for _, d in sorted(found)]
 
 
 def last_counts(run_dir: Path) -> dict[str, int]:
@@ -73,28 +84,34 @@ def recover(run_dir: Path) -> dict:
     if (run_dir / "run.json").exists():
         previous = json.loads((run_dir / "run.json").read_text())
     number = int(m.group(1)) if m else int(previous.get("run", 0))
-    reports = read_reports(run_dir)
     seen = last_counts(run_dir)
     old_nodes = previous.get("nodes", {})
-
     where: dict[str, str] = {}
+    reports: dict[str, dict] = {}
 
-    def report_of(node: str) -> dict | None:
-        if node in reports and reports[node].get("report"):
+    def report_of(node: str, folder: Path) -> dict | None:
+        rep = read_report(folder / f"{node}{REPORT_SUFFIX}")
+        if rep is not None:
+            reports[node] = rep
+        if rep is not None and rep.get("report"):
             where[node] = "report file"
-            return reports[node]["report"]
+            return rep["report"]
         if (old_nodes.get(node) or {}).get("report"):
             where[node] = "run.json"
             return old_nodes[node]["report"]
         return None
 
-    acq_reports = {a: report_of(a) for a in topo.acquisition}
+    acq_reports = {a: report_of(a, run_dir) for a in topo.acquisition}
     proc_reports: dict[str, dict | None] = {}
     files: dict[str, list[str]] = {}
     for p in topo.processing:
-        rep = report_of(p)
-        known = (rep or {}).get("files") or (old_nodes.get(p) or {}).get("configured", {}).get("files") \
-            or [str(f) for f in [run_dir / f"{p}.h5"] if f.exists()]
+        *past, current = incarnations(run_dir, p)
+        for k, folder in enumerate(past, 1):           # lost incarnations: what their files hold
+            name, found = f"{p}~{k}", [str(f) for f in [folder / f"{p}.h5"] if f.exists()]
+            proc_reports[name], files[name] = salvage(name, found, writer_dead=True), found
+            where[name] = "its file, up to the last flush" if proc_reports[name] else "nothing"
+        rep = report_of(p, current)
+        known = (rep or {}).get("files") or [str(f) for f in [current / f"{p}.h5"] if f.exists()]
         if rep is None:
             rep = salvage(p, known, writer_dead=True)
             where[p] = "its file, up to the last flush" if rep else "nothing"

@@ -476,8 +476,9 @@ class Coordinator:
     def _rejoined(self, n: NodeStatus) -> None:
         n.rejoining = False
         for a in self.topo.upstreams(n.name):
-            stream = self.topo.acquisition[a].stream
-            self.ctl.send(a, "peer_back", peer=n.name, from_seq=self._frontier(stream))
+            stream = self.topo.streams[self.topo.acquisition[a].stream]
+            block = stream.dispatch_block     # from a block's start: no block is split between nodes
+            self.ctl.send(a, "peer_back", peer=n.name, from_seq=-(-self._frontier(stream.name) // block) * block)
         log.warning("%s rejoined the run", n.name)
 
     def _on_event(self, event: str) -> None:
@@ -595,7 +596,10 @@ class Coordinator:
                     out[node].append(p)
                     places[p] = {"host": host, "where": "in place"}
                     continue
-                dest = self.rundir.path / Path(p).name
+                # the same place under the run directory (a rejoined node's <node>-<k>/ included)
+                rel = os.path.relpath(p, self.rundir.path)
+                dest = self.rundir.path / (rel if not rel.startswith("..") else Path(p).name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 why = self.launcher.fetch(host, p, dest) if self.launcher else "never launched"
                 if not why:
                     log.info("%s: fetched %s from host %s", node, p, host)

@@ -181,7 +181,7 @@ def test_acquisition_node_killed_mid_run(tmp_path):
 def test_coordinator_killed_leaves_no_node_and_no_segment(tmp_path):
     topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000})
     disturbed_run(tmp_path, topo, (), 200, lambda p: p.kill(), timeout=10)
-    # Nodes get SIGTERM from the kernel (parent-death signal) and clean up; the fixture checks
+    # Nodes get SIGUSR1 from the kernel (parent-death signal), end the run alone and clean up; the fixture checks
     # that no process or segment is left. Their files were closed properly: a plain (non-SWMR)
     # open works only when the writer cleared its flags, and the frames acquired so far are there.
     import h5py

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import books_by_seq, free_port, run_disturbed, wait_for_frames, write_topology
+from conftest import books_by_seq, free_port, run_cli, run_disturbed, wait_for_frames, write_topology
 from test_e2e_events import two_modules
 from test_faults import _node_pid
 
@@ -76,3 +76,9 @@ def test_a_restarted_processing_node_rejoins_as_a_new_incarnation(tmp_path):
     both = min(m["produced"] for m in summary["books"]["modules"].values())
     assert (present[seq < both] == 3).all() and (seq < both).sum() > 100
     assert json.loads((run_dir / "run.json").read_text())["files"]
+    # recover, run on the finished run, rebuilds the same books from what is on disk
+    res = run_cli("recover", str(run_dir), "--json")
+    assert res.returncode == 0, res.stderr
+    again_books = json.loads(res.stdout)["books"]
+    assert {k: again_books[k] for k in ("produced", "saved", "missing_by_cause")} == \
+        {k: summary["books"][k] for k in ("produced", "saved", "missing_by_cause")}
