@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import functools
+import os
 import shlex
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coordinator.procutil import PARENT_DIED, set_pdeathsig
+from coordinator.procutil import PARENT_DEATH_ENV, PARENT_DIED, set_pdeathsig
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,12 @@ class Launcher:
     def spawn(self, argv: list[str], log_path: Path, death_signal: int = signal.SIGTERM) -> subprocess.Popen:
         """Any process of the run (nodes, their wrappers, emulated boards), output in the run log;
         `death_signal` is what it gets if the coordinator dies."""
+        # a node behind a wrapper (sh, ip netns exec) asks for the signal itself, relative to the
+        # wrapper: the kernel clears it in the wrapper's children (noderuntime.NodeRuntime.serve)
+        env = {**os.environ, PARENT_DEATH_ENV: "1"} if death_signal == PARENT_DIED else None
         with open(log_path, "ab", buffering=0) as logf:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    start_new_session=True,
+                                    start_new_session=True, env=env,
                                     preexec_fn=functools.partial(set_pdeathsig, death_signal))
 
 

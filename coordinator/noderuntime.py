@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from coordinator import __version__
-from coordinator.procutil import PARENT_DIED
+from coordinator.procutil import PARENT_DEATH_ENV, PARENT_DIED, set_pdeathsig
 from coordinator.security import Curve, Gatekeeper, SecurityError
 from coordinator.wire import ProtocolError, log_rejected, pack_control, unpack_control
 
@@ -206,6 +206,10 @@ class NodeRuntime:
         stop = self._request_stop
         old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
         old[PARENT_DIED] = signal.signal(PARENT_DIED, self._parent_died)
+        if os.environ.get(PARENT_DEATH_ENV):
+            set_pdeathsig(PARENT_DIED)
+            if os.getppid() == 1:      # the parent was gone before we asked
+                self.parent_died = True
         try:
             inject_fault("start", self.name)
             self.send("hello", role=self.role, pid=os.getpid(), host=socket.gethostname(),

@@ -12,6 +12,10 @@ import time
 #: by itself and keeps its data (coordinator/noderuntime.py).  getppid() cannot tell: the
 #: signal comes when the coordinator's launching thread ends, maybe before the process does.
 PARENT_DIED = signal.SIGUSR1
+#: Set by the launcher for the nodes it starts: such a node asks for PARENT_DIED itself when its
+#: parent dies (a wrapper like sh or ip netns exec dies with the coordinator).  Not set for a
+#: node an operator starts by hand, which must not end when the operator's shell does.
+PARENT_DEATH_ENV = "DAQ_PARENT_DEATH"
 
 
 def set_pdeathsig(sig: int = signal.SIGTERM) -> None:

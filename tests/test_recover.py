@@ -26,11 +26,17 @@ def wait_until_nodes_gone(folder: Path, timeout: float) -> float:
     return time.monotonic() - t0
 
 
-def dead_coordinator_run(tmp_path: Path, harm) -> Path:
+def dead_coordinator_run(tmp_path: Path, harm, wrapped: bool = False) -> Path:
     """A run whose coordinator `harm(proc)` disables after 300 frames; returns its run directory
-    once every node has ended by itself."""
+    once every node has ended by itself.  `wrapped`: nodes started through a launch template
+    (`sh -c`), as on namespace hosts."""
     topo = small_topology(**{"run.frames": None, "run.heartbeat_timeout": 1.0,
                              "acquisition.synth1.source.rate": 2000})
+    if wrapped:
+        topo["hosts"] = {"here": {"address": "127.0.0.1", "launch": "{command}"}}
+        for section in ("acquisition", "processing"):
+            for node in topo[section].values():
+                node["host"] = "here"
 
     def act(proc: subprocess.Popen) -> None:
         wait_for_frames(tmp_path / "runs", "synth1", 300)
@@ -42,14 +48,19 @@ def dead_coordinator_run(tmp_path: Path, harm) -> Path:
     return next((tmp_path / "runs").iterdir())
 
 
-@pytest.mark.parametrize("harm", ["kill", "freeze"])
+@pytest.mark.parametrize("harm", ["kill", "kill-wrapped", "freeze"])
 def test_nodes_end_alone_and_recover_rebuilds_the_record(tmp_path, harm):
-    """kill -9: the nodes get the parent-death signal; frozen (SIGSTOP): they hear nothing
-    for coordinator_timeout.  Either way every frame acquired is saved or booked."""
+    """kill -9: the nodes get the parent-death signal (also behind a wrapper shell); frozen
+    (SIGSTOP): they hear nothing for coordinator_timeout.  Either way every frame acquired is
+    saved or booked."""
     def disable(proc: subprocess.Popen) -> None:
-        os.kill(proc.pid, signal.SIGKILL if harm == "kill" else signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGSTOP if harm == "freeze" else signal.SIGKILL)
 
-    run_dir = dead_coordinator_run(tmp_path, disable)
+    run_dir = dead_coordinator_run(tmp_path, disable, wrapped=harm == "kill-wrapped")
+    log = (run_dir / "log.txt").read_text()
+    for node in ("synth1", "proc1", "proc2"):
+        why = "coordinator silent" if harm == "freeze" else "the coordinator process died"
+        assert f"{node} ERROR coordinator.noderuntime: {why}" in log, node
     assert not (run_dir / "run.json").exists()
     reports = {p.name for p in run_dir.glob("*.report.json")}
     assert reports == {"synth1.report.json", "proc1.report.json", "proc2.report.json"}
