@@ -3,15 +3,18 @@ nodes launched there by a command template, sockets bound on each host's own add
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import h5py
+import psutil
 import pytest
 
 from conftest import coordinator_cmd, free_port, run_json, write_topology
+from testnet import Sshd, TestNetError, ssh_client
 
 pytestmark = pytest.mark.usefixtures("clean_system")
 
@@ -59,6 +62,51 @@ def test_two_acquisition_and_two_processing_hosts(tmp_path, testnet):
     assert events == 600
     # the processing hosts share this file system here: their files are used where they are
     assert {p["where"] for p in summary["files"].values()} == {"in place"} and len(summary["files"]) == 2
+
+
+@pytest.mark.hosts(*HOSTS)
+def test_nodes_started_over_ssh_and_their_files_fetched(tmp_path, testnet):
+    """`launch: ssh` for real: an OpenSSH server on acq2 and on proc2 (logins by key, the
+    client's configuration given to plain `ssh` as a user's ~/.ssh/config would be).  proc2's
+    server sees its own empty folder where the run directory is, as a separate computer
+    would, so proc2's file reaches the run directory only by `ssh proc2 cat`; the run's
+    master file then shows all 600 events."""
+    (tmp_path / "runs").mkdir()
+    servers: dict[str, Sshd] = {}
+    try:
+        for h in ("acq2", "proc2"):
+            servers[h] = Sshd(testnet, h, tmp_path / f"ssh-{h}", private=(tmp_path / "runs",) if h == "proc2" else ())
+            servers[h].start()
+        topo = cluster(testnet)
+        for h in servers:       # the client finds its key and the server's host key in ssh_config
+            topo["hosts"][h] = {"address": testnet.addresses[h], "launch": "ssh", "python": sys.executable}
+            assert servers[h].ssh_config.read_text().startswith(f"Host {testnet.addresses[h]}")
+        client = ssh_client(tmp_path / "ssh-client", list(servers.values()))
+        res, summary = run_json(write_topology(tmp_path, topo), wrap=testnet.exec_prefix("ctl"),
+                                env={"PATH": f"{client}:{os.environ['PATH']}"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        books = summary["books"]
+        assert books["balanced"] and books["saved"] == 1200 and books["missing"] == 0
+        for name, host in (("rp2", "acq2"), ("proc2", "proc2")):     # started through ssh
+            node = summary["nodes"][name]
+            assert node["host"] == host and node["exit_code"] == 0, node
+        # rp2 bound its data socket on acq2's address, so it ran there (proc2's file shows it of proc2)
+        assert summary["nodes"]["rp2"]["configured"]["endpoint"].startswith(f"tcp://{testnet.addresses['acq2']}:")
+        run_dir = Path(summary["run_dir"])
+        files = summary["files"]
+        assert files[str(run_dir / "proc1.h5")]["where"] == "in place"
+        fetched = files[str(run_dir / "proc2.h5")]
+        assert fetched == {"host": "proc2", "where": "fetched", "from": str(run_dir / "proc2.h5")}, files
+        with h5py.File(run_dir / "run.h5") as f:       # the master file reads both nodes' events
+            assert len(f["entry/reduced/events/seq"]) == 600
+            assert sorted(f["entry/reduced/events/seq"][()].tolist()) == list(range(600))
+        for s in servers.values():   # nothing of the run left on the ssh hosts
+            assert [p.cmdline() for p in psutil.Process(s.proc.pid).children(recursive=True)] == []
+    except TestNetError as exc:         # no sshd here (.ci/run installs openssh-server)
+        pytest.skip(str(exc))
+    finally:
+        for s in servers.values():
+            s.stop()
 
 
 def test_hosts_that_cannot_reach_a_loopback_coordinator_are_refused(tmp_path):

@@ -14,18 +14,23 @@ A host's namespace is `<prefix>-<host>`; launch nodes there with the topology's
 """
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 NETWORK = "10.250"
 
 
 class TestNetError(RuntimeError):
     """Namespaces cannot be made here (not root, no iproute2, no permission)."""
+
+    __test__ = False       # not a test class, whatever its name
 
 
 def _ip(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -92,6 +97,91 @@ class TestNet:
 
     def exec_prefix(self, host: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns(host)]
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+class Sshd:
+    """A real OpenSSH server on a test host, for `launch: ssh`: a host key and one client key
+    of its own (made here), root login by key only, listening on the host's address.
+
+    `private` folders are covered by an empty tmpfs that only this server's sessions see (a
+    mount namespace of its own), so a node started through it writes files this machine cannot
+    read, as on a separate computer.  Clients use `ssh_config` (`ssh -F`); `ssh_client`
+    makes a plain `ssh` that does so, for programs that run `ssh` (the coordinator).
+    """
+
+    def __init__(self, net: TestNet, host: str, folder: Path, private: tuple[Path, ...] = (),
+                 client: str = "ctl") -> None:
+        self.net, self.host, self.folder, self.private, self.client = net, host, Path(folder), private, client
+        self.address = net.addresses[host]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.folder / "ssh_config"
+
+    def start(self, timeout: float = 10.0) -> "Sshd":
+        if not os.access(SSHD, os.X_OK):
+            raise TestNetError(f"{SSHD} is not installed (Debian package openssh-server)")
+        d = self.folder
+        d.mkdir(parents=True, exist_ok=True)
+        for key in ("host", "client"):
+            if not (d / key).exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"daq-test-{key}",
+                                "-f", str(d / key)], check=True, capture_output=True, timeout=30)
+        (d / "authorized_keys").write_text((d / "client.pub").read_text())
+        host_pub = (d / "host.pub").read_text().split()
+        (d / "known_hosts").write_text(f"{self.address} {host_pub[0]} {host_pub[1]}\n")
+        (d / "sshd_config").write_text(
+            f"ListenAddress {self.address}\nPort 22\nHostKey {d / 'host'}\nPidFile none\n"
+            f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nUsePAM no\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nLogLevel VERBOSE\n")
+        self.ssh_config.write_text(
+            f"Host {self.address}\n  User root\n  IdentityFile {d / 'client'}\n  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {d / 'known_hosts'}\n  StrictHostKeyChecking yes\n")
+        Path("/run/sshd").mkdir(exist_ok=True)      # sshd's privilege separation folder
+        mounts = "".join(f"mount -t tmpfs daq-private {shlex.quote(str(p))} && " for p in self.private)
+        self.proc = subprocess.Popen(
+            [*self.net.exec_prefix(self.host), "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", f"{mounts}exec {SSHD} -D -e -f {d / 'sshd_config'}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:      # until a login from the client host works
+            res = subprocess.run([*self.net.exec_prefix(self.client), "ssh", "-F", str(self.ssh_config),
+                                  "-o", "BatchMode=yes",
+                                  "-o", "ConnectTimeout=2", self.address, "true"], capture_output=True, timeout=timeout)
+            if res.returncode == 0:
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise TestNetError(f"sshd on {self.host} did not accept a login: {(d / 'sshd.log').read_text()[-500:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def ssh_client(folder: Path, servers: list[Sshd]) -> Path:
+    """A folder to put first on a program's PATH: its `ssh` logs in to every server with the
+    servers' client configuration, as a user's ~/.ssh/config would (ssh reads that one from
+    the password database's home, so it cannot be pointed elsewhere otherwise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "ssh_config"
+    config.write_text("".join(s.ssh_config.read_text() for s in servers))
+    wrapper = folder / "ssh"
+    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which('ssh') or '/usr/bin/ssh'} -F {config} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return folder
 
 
 def available() -> str | None:
