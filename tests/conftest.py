@@ -184,6 +184,20 @@ def testnet(request):
         net.down()
 
 
+def on_hosts(topo: dict, net, placement: dict[str, str], coordinator: str = "ctl") -> dict:
+    """`topo` spread over the namespace hosts of `net`: node -> host in `placement`, each host
+    started by the `ip netns exec` template, the coordinator's control socket on its host
+    (run the coordinator there: `wrap=net.exec_prefix(coordinator)`)."""
+    launch = f"ip netns exec {net.prefix}-{{host}} {{command}}"
+    topo.setdefault("control", {})["address"] = net.addresses[coordinator]
+    topo["hosts"] = {h: {"address": net.addresses[h], "launch": launch} for h in sorted(set(placement.values()))}
+    for role in ("acquisition", "processing"):
+        for name, node in topo.get(role, {}).items():
+            if name in placement:
+                node["host"] = placement[name]
+    return topo
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,13 +205,20 @@ def free_port() -> int:
 
 
 def child_process(parent_pid: int, *needles: str, timeout: float = 20) -> psutil.Process:
-    """The first descendant of `parent_pid` whose command line contains every needle."""
+    """The descendant of `parent_pid` whose command line contains every needle; of several (a
+    launch wrapper such as `sh -c '... --name p2'` and the node it starts), the innermost."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        found = []
         for child in psutil.Process(parent_pid).children(recursive=True):
-            cmd = " ".join(child.cmdline())
-            if all(n in cmd for n in needles):
-                return child
+            try:
+                cmd = " ".join(child.cmdline())
+                if all(n in cmd for n in needles):
+                    found.append((len(child.parents()), child))
+            except psutil.Error:
+                pass
+        if found:
+            return max(found, key=lambda f: f[0])[1]
         time.sleep(0.05)
     raise AssertionError(f"no process {needles} under {parent_pid} within {timeout} s")
 

@@ -1,4 +1,5 @@
-"""Fuzzing: 10**4 random and mutated messages fired at the control and data sockets of a
+"""Fuzzing: 10**4 random and mutated messages fired from a host of their own (namespace hosts,
+tests/testnet.py; the sender is tests/fuzzfire.py) at the control and data sockets of a
 running system; no crash, every one counted as rejected, the run's data intact.
 
 Which counter sees what (read from the code, so the counts below are exact):
@@ -32,7 +33,11 @@ independent oracle.
 from __future__ import annotations
 
 import csv
+import json
 import os
+import select
+import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -51,11 +56,13 @@ from coordinator.topology import load_topology
 from coordinator.wire import (CONTROL_SCHEMA, DATA_SCHEMA, EVENT_FIELDS, ProtocolError, pack_control,
                               pack_credit, pack_events, pack_frames_header, pack_gap, unpack_control,
                               unpack_data_header)
-from conftest import books_by_seq, free_port, run_disturbed, small_topology, wait_for_frames, write_topology
+from conftest import (books_by_seq, free_port, on_hosts, run_disturbed, small_topology, wait_for_frames,
+                      write_topology)
 from test_e2e import assert_books_by_seq, saved_frames
 
 pytestmark = pytest.mark.usefixtures("clean_system")
 
+FUZZFIRE = Path(__file__).with_name("fuzzfire.py")
 SEED = 20240917
 TOTAL = 10_000
 PER_ENDPOINT = TOTAL // 2     # a multiple of 1000: the coordinator logs its 1000th, 2000th, ... rejection
@@ -306,34 +313,17 @@ def _coordinator_counted(run_root: Path, n: int) -> bool:
     return log is not None and f"rejected #{n}: control message from" in log.read_text(errors="replace")
 
 
-def _send_all(plan: list[tuple[str, list[bytes]]], socks: dict[str, list[zmq.Socket]],
-              deadline: float) -> dict[str, int]:
-    """Send every message NOBLOCK; on EAGAIN wait (bounded) for the socket to be writable."""
-    sent = dict.fromkeys(socks, 0)
-    for i, (ep, frames) in enumerate(plan):
-        s = socks[ep][i % len(socks[ep])]
-        for _attempt in range(1000):
-            try:
-                s.send_multipart(frames, flags=zmq.NOBLOCK)
-                sent[ep] += 1
-                break
-            except zmq.Again:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"fuzz send budget exceeded after {sent} messages") from None
-                s.poll(20, zmq.POLLOUT)
-        else:
-            raise AssertionError(f"message {i} to {ep} could not be sent")
-    return sent
-
-
 # --------------------------------------------------------------------------- the tests
-def test_fuzz_control_and_data_sockets_of_a_running_system(tmp_path):
+@pytest.mark.hosts("ctl", "a1", "p1", "p2", "evil")
+def test_fuzz_control_and_data_sockets_of_a_running_system(tmp_path, testnet):
+    """Each node on a namespace host of its own; the fuzz comes from another host, `evil`."""
     control_port = free_port()
     data_port = free_port()
     while data_port == control_port:
         data_port = free_port()
-    topo = small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000,
-                             "control.port": control_port, "acquisition.synth1.data_port": data_port})
+    topo = on_hosts(small_topology(**{"run.frames": None, "acquisition.synth1.source.rate": 2000,
+                                      "control.port": control_port, "acquisition.synth1.data_port": data_port}),
+                    testnet, {"synth1": "a1", "proc1": "p1", "proc2": "p2"})
     rng = np.random.default_rng(SEED)
     to_control, ctl_counts = build_corpus(rng, PER_ENDPOINT, control_side=True)
     to_data, data_counts = build_corpus(rng, PER_ENDPOINT, control_side=False)
@@ -342,31 +332,28 @@ def test_fuzz_control_and_data_sockets_of_a_running_system(tmp_path):
     plan = [("control", m) for m in to_control] + [("data", m) for m in to_data]
     plan = [plan[int(i)] for i in rng.permutation(len(plan))]     # interleaved
     assert len(plan) == TOTAL
-    endpoints = {"control": f"tcp://127.0.0.1:{control_port}", "data": f"tcp://127.0.0.1:{data_port}"}
+    spec = tmp_path / "fuzz.msgpack"
+    spec.write_bytes(msgpack.packb({
+        "endpoints": {"control": f"tcp://{testnet.addresses['ctl']}:{control_port}",
+                      "data": f"tcp://{testnet.addresses['a1']}:{data_port}"},
+        "sockets": SOCKETS_PER_ENDPOINT, "budget_s": SEND_BUDGET_S, "plan": plan}))
     run_root = tmp_path / "runs"
     seen: dict = {}
 
     def fire(proc) -> None:
         wait_for_frames(run_root, "synth1", 200)
         assert proc.poll() is None, "the run ended before the fuzz"
-        ctx = zmq.Context()
-        socks: dict[str, list[zmq.Socket]] = {"control": [], "data": []}
+        t0 = time.monotonic()
+        fuzzer = subprocess.Popen([*testnet.exec_prefix("evil"), sys.executable, str(FUZZFIRE), str(spec)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            k = 0
-            for ep in ("control", "data"):
-                for _ in range(SOCKETS_PER_ENDPOINT):
-                    s = ctx.socket(zmq.DEALER)
-                    s.setsockopt(zmq.IDENTITY, f"fuzz-{k}".encode())   # not a node's name
-                    s.setsockopt(zmq.LINGER, 0)
-                    s.connect(endpoints[ep])
-                    socks[ep].append(s)
-                    k += 1
-            t0 = time.monotonic()
-            seen["sent"] = _send_all(plan, socks, t0 + SEND_BUDGET_S)
-            seen["send_s"] = time.monotonic() - t0
+            ready, _, _ = select.select([fuzzer.stdout], [], [], SEND_BUDGET_S + 10)
+            line = fuzzer.stdout.readline() if ready else ""
+            assert line, f"the fuzzer said nothing: {fuzzer.poll()} {fuzzer.stderr.read() if fuzzer.poll() else ''}"
+            seen.update(json.loads(line))
             # Until both receivers have counted all of it (the data node's count via stats.csv,
             # the coordinator's via its log of the 5000th rejection), so that nothing is still
-            # queued when the sockets close (LINGER 0) or when the run stops.
+            # queued when the fuzzer's sockets close (LINGER 0) or when the run stops.
             deadline = time.monotonic() + SYNC_BUDGET_S
             while time.monotonic() < deadline:
                 rejected, state = _synth1_stats(run_root)
@@ -375,13 +362,14 @@ def test_fuzz_control_and_data_sockets_of_a_running_system(tmp_path):
                     break
                 time.sleep(0.1)
             seen["fuzz_s"] = time.monotonic() - t0
+            fuzzer.communicate("done\n", timeout=10)
         finally:
-            for s in socks["control"] + socks["data"]:
-                s.close(linger=0)
-            ctx.term()
+            if fuzzer.poll() is None:
+                fuzzer.kill()
+                fuzzer.communicate()
 
     code, summary, err = run_disturbed(write_topology(tmp_path, topo), fire, "--duration", str(DURATION),
-                                       timeout=60)
+                                       wrap=testnet.exec_prefix("ctl"), timeout=60)
     tail = err[-3000:]
     # -- every message went out, and was counted while the run was running
     assert seen["sent"] == {"control": PER_ENDPOINT, "data": PER_ENDPOINT}

@@ -13,7 +13,7 @@ import h5py
 import psutil
 import pytest
 
-from conftest import coordinator_cmd, free_port, run_json, write_topology
+from conftest import coordinator_cmd, free_port, on_hosts, run_json, write_topology
 from testnet import Sshd, TestNetError, ssh_client
 
 pytestmark = pytest.mark.usefixtures("clean_system")
@@ -24,22 +24,19 @@ HOSTS = ("ctl", "acq1", "acq2", "proc1", "proc2")
 def cluster(net, frames: int = 600, **run) -> dict:
     """Two boards on two acquisition hosts, two processing hosts; the coordinator (and the
     emulated boards) on `ctl`."""
-    launch = f"ip netns exec {net.prefix}-{{host}} {{command}}"
-    return {
+    return on_hosts({
         "topology": 1, "name": "cluster",
         "run": {"directory": "runs", "frames": frames, **run},
-        "control": {"address": net.addresses["ctl"]},
-        "hosts": {h: {"address": net.addresses[h], "launch": launch} for h in HOSTS if h != "ctl"},
         "emulator": {"rate": 2000, "seed": 4, "common_trigger": True},
         "streams": {"pulses": {"samples": 1024, "channels": {"IN1": "int16"}, "modules": ["rp1", "rp2"]}},
-        "acquisition": {rp: {"host": host, "stream": "pulses",
+        "acquisition": {rp: {"stream": "pulses",
                              "source": {"kind": "redpitaya", "address": "emulator", "decimation": 8,
                                         "trigger": {"source": "IN1", "slope": "rising", "level": 0.05}}}
-                        for rp, host in (("rp1", "acq1"), ("rp2", "acq2"))},
-        "processing": {p: {"host": p, "events": {"time_tolerance_ns": 2e7},
+                        for rp in ("rp1", "rp2")},
+        "processing": {p: {"events": {"time_tolerance_ns": 2e7},
                            "pipeline": [{"stage": "pha", "channel": "IN1", "height": 0.05},
                                         {"stage": "save", "data": "both"}]} for p in ("proc1", "proc2")},
-    }
+    }, net, {"rp1": "acq1", "rp2": "acq2", "proc1": "proc1", "proc2": "proc2"})
 
 
 @pytest.mark.hosts(*HOSTS)

@@ -1,5 +1,6 @@
 """A processing node slowed down by a stage that sleeps: back-pressure, re-dispatch, bounded memory.
 
+Each node on a namespace host of its own (tests/testnet.py), the coordinator on `ctl`.
 Two acquisition nodes send one event stream (`dispatch: full`, two modules), so blocks of
 seqs go to the processing nodes by the dispatch schedule and the coordinator rebalances it.
 proc2's pipeline starts with a user stage that sleeps, so proc2 holds the senders back
@@ -8,7 +9,7 @@ every module is saved exactly once, proc2's share of the blocks is cut (and cut 
 it still holds the senders back), the senders' rings never overflow, and proc2's resident
 memory stays bounded: credit, not proc2's speed, bounds what is in flight to it.
 
-Measured (2 cores, loopback): the run takes ~25 s; proc2 gets ~740 of the 2400 events, the
+Measured (2 cores): the run takes ~25 s; proc2 gets ~740 of the 2400 events, the
 senders wait ~18 s for it and never for proc1, the schedule is cut three times (1 block in
 3, 5, 9); proc2's RSS grows ~2 MiB after frames flow.  With proc2's credit raised to 65536
 (no back-pressure) its RSS grows ~28 MiB within 5 s, and events are lost.
@@ -25,9 +26,10 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import books_by_seq, child_process, run_disturbed, wait_for_frames, write_topology
+from conftest import books_by_seq, child_process, on_hosts, run_disturbed, wait_for_frames, write_topology
 
-pytestmark = pytest.mark.usefixtures("clean_system")
+HOSTS = ("ctl", "a1", "a2", "p1", "p2")
+pytestmark = [pytest.mark.usefixtures("clean_system"), pytest.mark.hosts(*HOSTS)]
 
 RATE = 300          # events/s of each synthetic module
 FRAMES = 2400       # events of the run (8 s of triggers; the slow node makes it last longer)
@@ -48,9 +50,9 @@ def slow(batch, params):
 '''
 
 
-def slow_topology() -> dict:
+def slow_topology(net) -> dict:
     save = {"stage": "save", "chunk_frames": 1}   # whole-chunk writes only: no HDF5 chunk cache growth
-    return {
+    return on_hosts({
         "topology": 1, "name": "slow",
         "run": {"directory": "runs", "frames": FRAMES, "drain_timeout": 10.0, "heartbeat_timeout": 5.0},
         "streams": {"pulses": {"samples": SAMPLES, "channels": {"IN1": "int16"}, "modules": ["a1", "a2"],
@@ -64,7 +66,7 @@ def slow_topology() -> dict:
                  "params": {"per_batch_s": PER_BATCH_S, "per_event_s": PER_EVENT_S}},
                 save]},
         },
-    }
+    }, net, {"a1": "a1", "a2": "a2", "proc1": "p1", "proc2": "p2"})
 
 
 class RssSampler:
@@ -87,9 +89,9 @@ class RssSampler:
             time.sleep(self.period)
 
 
-def test_slow_node_is_held_by_credit_loses_share_and_memory_stays_bounded(tmp_path):
+def test_slow_node_is_held_by_credit_loses_share_and_memory_stays_bounded(tmp_path, testnet):
     (tmp_path / "slow_stage.py").write_text(SLOW_STAGE)
-    topo_path = write_topology(tmp_path, slow_topology())
+    topo_path = write_topology(tmp_path, slow_topology(testnet))
     samplers: list[RssSampler] = []
     flowing: list[float] = []
 
@@ -102,7 +104,7 @@ def test_slow_node_is_held_by_credit_loses_share_and_memory_stays_bounded(tmp_pa
         samplers.append(sampler)
 
     t0 = time.monotonic()
-    code, summary, err = run_disturbed(topo_path, watch_proc2, timeout=60)
+    code, summary, err = run_disturbed(topo_path, watch_proc2, wrap=testnet.exec_prefix("ctl"), timeout=60)
     took = time.monotonic() - t0
     for s in samplers:
         s.thread.join(timeout=5)
