@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (books_by_seq, orphan_nodes, run_cli, run_disturbed, small_topology, wait_for_frames,
-                      write_topology)
+from conftest import (books_by_seq, on_hosts, orphan_nodes, run_cli, run_disturbed, small_topology,
+                      wait_for_frames, write_topology)
 
 pytestmark = pytest.mark.usefixtures("clean_system")
 
@@ -26,17 +26,14 @@ def wait_until_nodes_gone(folder: Path, timeout: float) -> float:
     return time.monotonic() - t0
 
 
-def dead_coordinator_run(tmp_path: Path, harm, wrapped: bool = False) -> Path:
+def dead_coordinator_run(tmp_path: Path, harm, net=None) -> Path:
     """A run whose coordinator `harm(proc)` disables after 300 frames; returns its run directory
-    once every node has ended by itself.  `wrapped`: nodes started through a launch template
-    (`sh -c`), as on namespace hosts."""
+    once every node has ended by itself.  With `net`, each node on a namespace host of its own,
+    started through the launch template (`sh -c 'ip netns exec ...'`), the coordinator on ctl."""
     topo = small_topology(**{"run.frames": None, "run.heartbeat_timeout": 1.0,
                              "acquisition.synth1.source.rate": 2000})
-    if wrapped:
-        topo["hosts"] = {"here": {"address": "127.0.0.1", "launch": "{command}"}}
-        for section in ("acquisition", "processing"):
-            for node in topo[section].values():
-                node["host"] = "here"
+    if net is not None:
+        on_hosts(topo, net, {"synth1": "a1", "proc1": "p1", "proc2": "p2"})
 
     def act(proc: subprocess.Popen) -> None:
         wait_for_frames(tmp_path / "runs", "synth1", 300)
@@ -44,22 +41,27 @@ def dead_coordinator_run(tmp_path: Path, harm, wrapped: bool = False) -> Path:
         wait_until_nodes_gone(tmp_path, 30)
         proc.kill()
 
-    run_disturbed(write_topology(tmp_path, topo), act, timeout=10)
+    run_disturbed(write_topology(tmp_path, topo), act, wrap=net.exec_prefix("ctl") if net else (), timeout=10)
     return next((tmp_path / "runs").iterdir())
 
 
-@pytest.mark.parametrize("harm", ["kill", "kill-wrapped", "freeze"])
-def test_nodes_end_alone_and_recover_rebuilds_the_record(tmp_path, harm):
-    """kill -9: the nodes get the parent-death signal (also behind a wrapper shell); frozen
-    (SIGSTOP): they hear nothing for coordinator_timeout.  Either way every frame acquired is
-    saved or booked."""
-    def disable(proc: subprocess.Popen) -> None:
-        os.kill(proc.pid, signal.SIGSTOP if harm == "freeze" else signal.SIGKILL)
+ON_HOSTS = pytest.mark.hosts("ctl", "a1", "p1", "p2")
 
-    run_dir = dead_coordinator_run(tmp_path, disable, wrapped=harm == "kill-wrapped")
+
+@pytest.mark.parametrize("harm", ["kill", pytest.param("kill-on-hosts", marks=ON_HOSTS),
+                                  pytest.param("freeze-on-hosts", marks=ON_HOSTS)])
+def test_nodes_end_alone_and_recover_rebuilds_the_record(tmp_path, harm, request):
+    """kill -9: the nodes get the parent-death signal (also behind the launch template's shell
+    on namespace hosts); frozen (SIGSTOP): they hear nothing for coordinator_timeout.  Either
+    way every frame acquired is saved or booked."""
+    def disable(proc: subprocess.Popen) -> None:
+        os.kill(proc.pid, signal.SIGSTOP if harm.startswith("freeze") else signal.SIGKILL)
+
+    net = request.getfixturevalue("testnet") if harm.endswith("on-hosts") else None
+    run_dir = dead_coordinator_run(tmp_path, disable, net)
     log = (run_dir / "log.txt").read_text()
     for node in ("synth1", "proc1", "proc2"):
-        why = "coordinator silent" if harm == "freeze" else "the coordinator process died"
+        why = "coordinator silent" if harm.startswith("freeze") else "the coordinator process died"
         assert f"{node} ERROR coordinator.noderuntime: {why}" in log, node
     assert not (run_dir / "run.json").exists()
     reports = {p.name for p in run_dir.glob("*.report.json")}

@@ -1,5 +1,6 @@
-"""A processing node killed mid-run and started again by hand rejoins as a new incarnation:
-its earlier losses stay in the record, and the blocks dealt to it after it is back are saved."""
+"""A processing node killed mid-run and started again by hand on its host rejoins as a new
+incarnation: its earlier losses stay in the record, and the blocks dealt to it after it is
+back are saved.  Every node on a namespace host of its own (tests/testnet.py)."""
 from __future__ import annotations
 
 import json
@@ -13,11 +14,11 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import books_by_seq, free_port, run_cli, run_disturbed, wait_for_frames, write_topology
+from conftest import books_by_seq, free_port, on_hosts, run_cli, run_disturbed, wait_for_frames, write_topology
 from test_e2e_events import two_modules
 from test_faults import _node_pid
 
-pytestmark = pytest.mark.usefixtures("clean_system")
+pytestmark = [pytest.mark.usefixtures("clean_system"), pytest.mark.hosts("ctl", "a1", "a2", "p1", "p2")]
 
 
 def log_has(run_root: Path, text: str, timeout: float) -> bool:
@@ -30,12 +31,13 @@ def log_has(run_root: Path, text: str, timeout: float) -> bool:
     return False
 
 
-def test_a_restarted_processing_node_rejoins_as_a_new_incarnation(tmp_path):
+def test_a_restarted_processing_node_rejoins_as_a_new_incarnation(tmp_path, testnet):
     port = free_port()
     topo = two_modules(frames=None)
     topo["run"].update(duration=9.0, heartbeat_timeout=1.0)
     topo["control"] = {"port": port}
     topo["processing"] = {"p1": {"events": {"timeout": 0.5}}, "p2": {"events": {"timeout": 0.5}}}
+    on_hosts(topo, testnet, {n: n for n in ("a1", "a2", "p1", "p2")})
     runs = tmp_path / "runs"
     again: list[subprocess.Popen] = []
 
@@ -43,12 +45,13 @@ def test_a_restarted_processing_node_rejoins_as_a_new_incarnation(tmp_path):
         wait_for_frames(runs, "a1", 2000, timeout=30)
         os.kill(_node_pid("p1", tmp_path), signal.SIGKILL)
         assert log_has(runs, "node 'p1' exited", 10)
-        again.append(subprocess.Popen([sys.executable, "-m", "procnode", "--coordinator",
-                                       f"tcp://127.0.0.1:{port}", "--name", "p1"], cwd=tmp_path))
+        again.append(subprocess.Popen([*testnet.exec_prefix("p1"), sys.executable, "-m", "procnode", "--coordinator",
+                                       f"tcp://{testnet.addresses['ctl']}:{port}", "--name", "p1"], cwd=tmp_path))
         assert log_has(runs, "p1 rejoined the run", 15)
 
     try:
-        code, summary, err = run_disturbed(write_topology(tmp_path, topo), restart, timeout=60)
+        code, summary, err = run_disturbed(write_topology(tmp_path, topo), restart, wrap=testnet.exec_prefix("ctl"),
+                                           timeout=60)
         assert again[0].wait(timeout=10) == 0          # it left with the run
     finally:
         for p in again:
