@@ -8,14 +8,15 @@ only if the client's public key is one of the `*.key` files in DIR (checked by t
 ZAP handler here, in the owner's own poll loop): the cluster key, plus any key an
 operator adds.  A peer without keys fails the handshake and never reaches ZAP.
 
-Every refusal is counted and logged: by ZAP with the peer's address, and from the
-socket monitor for failed handshakes (libzmq's monitor names only our endpoint
-there, not the peer: its v2 monitor with peer addresses is a draft API).
+Every refusal is counted and logged with the peer's address: by ZAP, which is given
+it, and from the socket monitor for failed handshakes, whose peer the kernel's TCP
+table tells (`coordinator/tcptable.py`: libzmq's monitor names only our endpoint there).
 """
 from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,7 +26,8 @@ import zmq.auth
 import zmq.utils.z85
 from zmq.utils.monitor import recv_monitor_message
 
-from coordinator.wire import log_rejected
+from coordinator.tcptable import recently_closed
+from coordinator.wire import log_rejected, rejection_logged
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class Gatekeeper:
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
         self.monitors: dict[zmq.Socket, str] = {}
+        self.named: dict[str, set[str]] = {}      # endpoint -> refused peers (ip:port) already named
 
     def watch(self, sock: zmq.Socket, endpoint: str) -> zmq.Socket:
         """Monitor a bound CURVE server for failed handshakes; returns the monitor socket to poll."""
@@ -131,15 +134,35 @@ class Gatekeeper:
             self.zap.send_multipart([version, rid, b"400", why.encode(), b"", b""])
 
     def on_monitor(self, mon: zmq.Socket) -> None:
+        events = []
         while True:
             try:
-                event = recv_monitor_message(mon, zmq.NOBLOCK)
+                events.append(recv_monitor_message(mon, zmq.NOBLOCK))
             except zmq.Again:
-                return
+                break
+        endpoint = self.monitors[mon]
+        for event in events:
             mismatch = event["value"] == getattr(zmq, "PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH", -1)
-            self._refused(f"a peer on {self.monitors[mon]}: " + (
+            peer = self._closed_peer(endpoint) if rejection_logged(self.refused + 1) else None
+            self._refused(f"peer {peer or '(address not known)'} on {endpoint}: " + (
                 "no CURVE keys (mechanism mismatch)" if mismatch else
                 f"no CURVE handshake (no keys, or not this cluster's; libzmq code {event['value']})"))
+
+    def _closed_peer(self, endpoint: str) -> str | None:
+        """The peer of a failed handshake, from the kernel (coordinator/tcptable.py): the
+        oldest connection closed just now and not named yet; the kernel may take a moment."""
+        named = self.named.setdefault(endpoint, set())
+        for attempt in range(3):
+            closed = recently_closed(endpoint)
+            fresh = [c for c in closed if str(c) not in named]
+            if fresh:
+                peer = fresh[-1]
+                if peer.port is not None:      # an address alone may come again, a port not
+                    named.intersection_update(str(c) for c in closed)
+                    named.add(str(peer))
+                return str(peer)
+            time.sleep(0.005 * (attempt + 1))
+        return None
 
     def _refused(self, what: str) -> None:
         self.refused += 1

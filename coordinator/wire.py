@@ -110,9 +110,14 @@ def _check_counters(counters: dict, what: str) -> None:
 LOG_FIRST_REJECTIONS = 20
 
 
+def rejection_logged(count: int) -> bool:
+    """Rejection number `count` (1-based) is logged: among the first few, or a 1000th."""
+    return count <= LOG_FIRST_REJECTIONS or count % 1000 == 0
+
+
 def log_rejected(logger: Any, count: int, message: str, *args: Any) -> None:
-    """Log rejection number `count` (1-based) if it is among the first few or a 1000th."""
-    if count <= LOG_FIRST_REJECTIONS or count % 1000 == 0:
+    """Log rejection number `count` if `rejection_logged(count)` (a flood stays readable)."""
+    if rejection_logged(count):
         logger.warning("rejected #%d: " + message, count, *args)
 
 
