@@ -26,6 +26,7 @@ from coordinator.books import Books
 from coordinator.control import ControlServer, StartupError
 from coordinator.dispatch import DispatchSchedule, rebalance
 from coordinator.emulated import StartupFailure, board_address, start_emulator
+from coordinator.flowchart import write_data_flow
 from coordinator.launcher import Launcher
 from coordinator.procutil import terminate
 from coordinator.record import keep_record, salvage
@@ -138,6 +139,10 @@ class Coordinator:
         handler.setFormatter(logging.Formatter("%(asctime)s coordinator %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(logging.INFO)
+        try:
+            write_data_flow(self.topo, self.rundir.path)
+        except Exception as exc:     # a picture must never cost a run
+            log.warning("data_flow.svg not written: %s: %s", type(exc).__name__, exc)
         self.started_at = time.time()
         self.ctx = zmq.Context()
         self.ctl: ControlServer | None = None

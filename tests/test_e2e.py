@@ -57,8 +57,10 @@ def test_run_saves_every_frame_bit_exact(tmp_path):
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "runs" and run_dir.name == "t-00001"
     for name in ("topology.yaml", "run.json", "stats.csv", "log.txt", "missing.csv", "run.h5",
-                 "proc1.h5", "proc2.h5"):
+                 "proc1.h5", "proc2.h5", "data_flow.svg"):
         assert (run_dir / name).is_file(), name
+    flow = (run_dir / "data_flow.svg").read_text()      # the run's own nodes, drawn
+    assert all(f'id="node-{n}"' in flow for n in ("synth1", "proc1", "proc2"))
 
     frames = saved_frames(run_dir)
     assert np.array_equal(frames["seq"], np.arange(3000))
