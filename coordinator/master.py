@@ -97,9 +97,10 @@ def _ordered_groups(entry: h5py.Group, sources: list[tuple[str, h5py.File]]) -> 
 def _ordered_group(master: h5py.File, gpath: str, parts: list[tuple[str, h5py.Group]]) -> None:
     """Virtual datasets of every column of `gpath`, rows ordered by (seq, module)."""
     first = parts[0][1]
-    columns = [c for c, ds in first.items() if isinstance(ds, h5py.Dataset) and ds.ndim >= 1
-               and ds.shape[0] == first["seq"].shape[0] and c != "time"]
     by_module = "module" in first and first.attrs.get("NX_class") == "NXdata"   # raw parts; tables by seq
+    # raw parts: `time` is the waveform's axis (copied below); in a table it is a column
+    columns = [c for c, ds in first.items() if isinstance(ds, h5py.Dataset) and ds.ndim >= 1
+               and ds.shape[0] == first["seq"].shape[0] and not (by_module and c == "time")]
     for c in columns:
         for _, g in parts[1:]:
             if c not in g or g[c].dtype != first[c].dtype or g[c].shape[1:] != first[c].shape[1:]:
@@ -146,31 +147,38 @@ def _ordered_group(master: h5py.File, gpath: str, parts: list[tuple[str, h5py.Gr
             layout[a:b] = vsrc[src[a]][r:r + (b - a)]
         out = group.create_virtual_dataset(c, layout, fillvalue=0)
         out.attrs.update({k: v for k, v in ds0.attrs.items()})
-    if "time" in first:
+    if by_module and "time" in first:
         group.create_dataset("time", data=first["time"][()])
         group["time"].attrs.update({k: v for k, v in first["time"].attrs.items()})
 
 
 def _summed_histograms(entry: h5py.Group, sources: list[tuple[str, h5py.File]]) -> None:
-    sums: dict[str, tuple[h5py.Group, np.ndarray]] = {}
+    """Histograms (NXdata with `counts`, unlike raw parts no `module`) summed over the nodes,
+    their entries, underflow and overflow too."""
+    found: dict[str, list[h5py.Group]] = {}
     for _, src in sources:
         for name, g in src["entry"].items():
             if isinstance(g, h5py.Group) and g.attrs.get("NX_class") == "NXdata" and "counts" in g \
-                    and "seq" not in g:
-                counts = g["counts"][()]
-                if name in sums and sums[name][1].shape == counts.shape:
-                    sums[name] = (sums[name][0], sums[name][1] + counts)
-                elif name not in sums:
-                    sums[name] = (g, counts)
-    for name, (g, counts) in sums.items():
+                    and "module" not in g:
+                found.setdefault(name, []).append(g)
+    for name, groups in found.items():
         if name in entry:
+            log.warning("master file: histogram %s not summed: /entry/%s is taken", name, name)
             continue
+        first = groups[0]
+        same = [g for g in groups if g["counts"].shape == first["counts"].shape]
+        if len(same) < len(groups):
+            log.warning("master file: histogram %s differs in shape between node files; summed where equal", name)
         out = entry.create_group(name)
-        out.attrs.update({k: v for k, v in g.attrs.items()})
-        out.attrs["summed_over_nodes"] = True
-        for dname, ds in g.items():
-            out.create_dataset(dname, data=counts if dname == "counts" else ds[()])
+        out.attrs.update({k: v for k, v in first.attrs.items()})
+        out.attrs["summed_over_nodes"] = len(same)
+        for dname, ds in first.items():
+            data = sum(g["counts"][()] for g in same) if dname == "counts" else ds[()]
+            out.create_dataset(dname, data=data)
             out[dname].attrs.update({k: v for k, v in ds.attrs.items()})
+        for key in ("entries", "underflow", "overflow"):
+            if key in first["counts"].attrs:
+                out["counts"].attrs[key] = sum(int(g["counts"].attrs.get(key, 0)) for g in same)
 
 
 def _missing_table(entry: h5py.Group, books: Books) -> None:

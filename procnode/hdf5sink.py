@@ -8,7 +8,8 @@ Layout::
         timestamp  (N,)         uint64    ns
         flags      (N,)         uint32
         module     (N,)         uint16    index into the attribute `names` (acquisition nodes)
-        <channel>  (N, samples) stored values; attrs units, scale (physical unit per stored unit)
+        <channel>  (N, samples) stored values; attrs units (of the stored values), scale
+                                      (physical unit per stored unit), physical_units
         time       (samples,)   float64   ns, 0 at the trigger
     /entry/reduced/<table>      NXcollection, one dataset per column (events, pulses, ...)
     /entry/reduced/<table>_windows  NXdata  sparse mode: waveform windows around peaks

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.usefixtures("clean_system")
 
 PIPELINE = [{"stage": "pha", "channel": "IN1", "height": 0.05},
             {"stage": "histogram", "name": "spectrum", "field": "height", "bins": [0.0, 1.0, 100]},
+            {"stage": "histogram", "field": "seq", "bins": [0, 900, 9]},
             {"stage": "save", "data": "both"}]
 
 
@@ -57,5 +58,15 @@ def test_master_file_orders_every_node_s_rows_by_seq(tmp_path):
         # the spectrum is the sum of the nodes' spectra
         assert np.array_equal(m["entry/spectrum/counts"][()], sum(node_rows(moved, "spectrum", "counts")))
         assert m["entry/spectrum/counts"][()].sum() > 0
+        counts = m["entry/spectrum/counts"]      # and so are its entries, underflow and overflow
+        for key in ("entries", "underflow", "overflow"):
+            assert counts.attrs[key] == sum(h5py.File(f)["entry/spectrum/counts"].attrs[key]
+                                            for f in sorted(moved.glob("p*.h5"))), key
+        assert counts.attrs["entries"] == len(pulses)
+        # a histogram of the pulses' seq (its bin edges are a dataset named seq): summed too
+        assert np.array_equal(m["entry/seq/counts"][()], np.histogram(pulses, bins=9, range=(0, 900))[0])
+        # a table column named time (the pulses' time from the trigger) is a column, not an axis
+        ptime = m["entry/reduced/pulses/time"]
+        assert ptime.shape == (len(pulses),) and np.isfinite(ptime[()]).all()
         assert len(m["entry/missing"]) == 0 and m["entry"].attrs["frames_saved"] == 1800
         assert set(m["entry/nodes"]) == {"p1", "p2"} and "pulses" in m["entry/nodes/p1"]

@@ -17,8 +17,9 @@ from coordinator.topology.stageschema import PHA_COLUMNS, PHA_PROPERTY_COLUMNS
 from coordinator.topology.userstage import UserStageError, load_user_stage
 from coordinator.topology.yamlpos import Index
 
-#: Groups of /entry in a node's file that a histogram (/entry/<name>) must not take.
-RESERVED_GROUPS = ("reduced", "configuration")
+#: Groups of /entry in a node's file or the run's master file run.h5 that a histogram
+#: (/entry/<name>) must not take.
+RESERVED_GROUPS = ("reduced", "configuration", "nodes", "missing")
 
 #: Stages after which nothing reaches the rest of the pipeline.
 TERMINAL = ("forward", "drain")
@@ -170,8 +171,8 @@ def _check_pipeline(ctx: _Context, name: str, node: Record, channels: _Channels,
             taken = RESERVED_GROUPS + tuple(node.get("streams") or ())
             if hname in taken:
                 ctx.report(path + ("name" if st.get("name") else "field",),
-                           f"a histogram named {hname!r} would take the place of the file's group "
-                           f"/entry/{hname} ({_join(taken)} are taken); give it another name")
+                           f"a histogram named {hname!r} would take the place of the group /entry/{hname} "
+                           f"of the node file or run.h5 ({_join(taken)} are taken); give it another name")
             elif hname in histograms:
                 ctx.report(path + ("name",), f"histogram {hname!r} is made twice (stage {histograms[hname]}); "
                                              f"give it a name")
