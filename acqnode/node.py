@@ -28,7 +28,7 @@ from acqnode.ring import Ring
 from acqnode.shipper import Shipper
 from coordinator.noderuntime import NodeRuntime
 from coordinator.dispatch import DispatchSchedule
-from coordinator.procutil import set_pdeathsig
+from coordinator.procutil import resident_bytes, set_pdeathsig
 from coordinator.ranges import RangeSet
 from coordinator.topology import topology_from_dict
 from coordinator.wire import DATA_SOCKET_BUFFER
@@ -233,6 +233,7 @@ class AcqNode(NodeRuntime):
             return {}
         st = self.ring.status()
         cpu = 0.0
+        rss = shared = 0
         if self.reader is not None and self.reader.poll() is None:
             try:
                 import psutil
@@ -240,10 +241,12 @@ class AcqNode(NodeRuntime):
                 cpu = t.user + t.system
             except Exception:
                 pass
+            rss, shared = resident_bytes(self.reader.pid)     # shared: the ring's pages among them
         return {"frames": st.written, "sent_frames": self.shipper.sent_frames,
                 "sent_bytes": self.shipper.sent_bytes, "ring_fill": st.fill, "ring_slots": st.slots,
                 "overflow": st.overflow, "credits": sum(self.shipper.credits.values()),
                 "rejected": self.shipper.rejected, "reader_cpu_s": cpu,
+                "reader_rss_bytes": rss, "reader_shared_bytes": shared,
                 "stalled_s": self.shipper.stalled_so_far()}
 
     # -- cleanup -----------------------------------------------------------------------

@@ -78,16 +78,19 @@ def validate(topology: str) -> None:
 def run(topology: str, loopback: bool, frames: int | None, duration: float | None,
         run_dir: str | None, as_json: bool) -> None:
     """Run one acquisition of TOPOLOGY; exit 0 when it ended as asked."""
-    from coordinator.dashboard import LiveDisplay, summary_table
+    from coordinator.dashboard import LiveDisplay, PlainLines, summary_table
     from coordinator.session import Coordinator, RunOptions
 
     topo = _load_or_exit(topology)
     console = Console(stderr=True)
-    display = LiveDisplay(console) if (not as_json and console.is_terminal) else None
+    # --json: no display at all; stderr a terminal: the live view; else (batch jobs, logs
+    # redirected): a plain line per node every few seconds
+    live = not as_json and console.is_terminal
+    display = None if as_json else LiveDisplay(console) if live else PlainLines(console)
     # Warnings and errors on the terminal (above the live table); everything goes to log.txt.
-    handler = RichHandler(console=console, show_path=False) if display else logging.StreamHandler()
+    handler = RichHandler(console=console, show_path=False) if live else logging.StreamHandler()
     handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(message)s" if display else "%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(message)s" if live else "%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     options = RunOptions(frames=frames, duration=duration,
                          run_dir=Path(run_dir) if run_dir else None, loopback=loopback)

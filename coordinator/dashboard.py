@@ -1,64 +1,385 @@
-"""Live terminal view of a run (rich), and the end-of-run summary table."""
+"""Live terminal view of a run (rich), its plain-line form for logs, and the end-of-run summary.
+
+`LiveDisplay` (stderr is a terminal) redraws, at most every REFRESH s, from the coordinator's
+single-threaded loop (`Coordinator.pump` calls `update(coord)`; nothing here runs on a thread
+of its own, and nothing is asked of the nodes: every number is one the coordinator already
+holds from the stats messages nodes send every 0.5 s):
+
+- header: run name and number, run state (and stop reason), elapsed time since the start
+  (until the stop, once stopped), frames saved (sum of the processing nodes' `saved`
+  counters, earlier incarnations of rejoined nodes included);
+- a progress bar toward the stop condition: produced frames of the acquisition nodes vs
+  `run.frames` (while running, a node whose source ended or that is lost counts as done;
+  once stopped, the bar shows what was produced), elapsed vs `run.duration`, both bars if
+  both are set, none when the run is open-ended;
+- one row per node:
+
+  ========  ==================================================================================
+  node      node name
+  role      acq (acquisition) or proc (processing)
+  host      the topology host it runs on (`local`: this machine)
+  state     the node's own state; `lost` in red once the coordinator declared it lost
+  frames    acq: frames written to the ring (`frames`); proc: frames received (`frames`)
+  frames/s  change of `frames` between the last two stats messages
+  MB/s      acq: bytes sent (`sent_bytes`); proc: bytes received (`recv_bytes`), per second
+  ring      acq: ring fill as a bar and `ring_fill/ring_slots` (green, yellow >= 50 %, red >= 90 %)
+  credits   acq: credits it holds from its processing nodes (`credits`, sum over peers)
+  dead      acq: seconds its senders were held back waiting for credit (`stalled_s` summed
+            over peers, the wait going on now included), plus the source's own dead time
+            (`dead_s`) if a node reports one (none does yet: the reader knows when it waits
+            for a free ring slot, but does not tell the node)
+  losses    by cause, only the non-zero ones: `ovf` frames dropped on a full ring
+            (`overflow`, ring policy drop), `rej` data messages rejected (`rejected`: acq,
+            malformed credit messages; proc, bad data messages, whose seqs are booked as
+            corrupt), `ctl` control messages rejected (`rejected_control`); `0` when none
+  CPU %     CPU time per wall second of the node process, its reader process included
+  mem       resident memory (`rss_bytes`, from /proc/self/statm); acq: plus the reader's
+            private resident memory (`reader_rss_bytes - reader_shared_bytes`, so the ring's
+            shared pages count once)
+  ========  ==================================================================================
+
+- the last LOG_LINES lines of the run's log.txt (only the file's last LOG_TAIL_BYTES are
+  read, and only when its size or time changed).
+
+Terminal size: when the table does not fit the width, columns are dropped in this order
+(first dropped first): host, role, mem, credits, CPU %, MB/s, dead, frames, ring, losses;
+node, state and frames/s always stay.  When the terminal is short, the log lines go first
+(5 down to 0), so the node table stays whole.
+
+`PlainLines` (stderr is not a terminal: batch jobs, redirection) prints one line per node
+every PLAIN_PERIOD s, and a last set when the run is over, so logs stay readable::
+
+    12:03:04 rp1 running frames=5120 fps=2000 MB/s=32.8 ring=12/256 credits=8 dead=0.0s lost=0 cpu=23% rss=85MB
+
+(`-` where a figure does not apply to the node, e.g. ring, credits and dead of a processing node.)
+"""
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-REFRESH = 0.25
+REFRESH = 0.25        # s between redraws of the live view
+PLAIN_PERIOD = 5.0    # s between sets of plain lines
+LOG_LINES = 5
+LOG_TAIL_BYTES = 8192
+RING_BAR = 8          # characters of the ring-fill bar
+
+#: (key, header, right-justified, drop rank: 0 = never dropped, else dropped in rank order)
+COLUMNS = [
+    ("node", "node", False, 0),
+    ("role", "role", False, 2),
+    ("host", "host", False, 1),
+    ("state", "state", False, 0),
+    ("frames", "frames", True, 8),
+    ("fps", "frames/s", True, 0),
+    ("mbps", "MB/s", True, 6),
+    ("ring", "ring", False, 9),
+    ("credits", "credits", True, 4),
+    ("dead", "dead", True, 7),
+    ("losses", "losses", False, 10),
+    ("cpu", "CPU %", True, 5),
+    ("mem", "mem", True, 3),
+]
+STATE_STYLE = {"running": "green", "lost": "bold red", "failed": "bold red", "fault": "bold red",
+               "stopping": "yellow", "draining": "yellow", "exited": "dim", "ended": "cyan",
+               "stopped": "cyan"}
 
 
-def _node_table(coord: Any) -> Table:
-    t = Table(title=f"{coord.topo.name} run {coord.rundir.number}: {coord.sm.state}"
-                    f"{' (' + coord.stop_reason + ')' if coord.stop_reason else ''}",
-              expand=False)
-    for col in ("node", "role", "state", "frames", "frames/s", "MB/s", "ring fill", "credits",
-                "drops", "rejected", "CPU %"):
-        t.add_column(col, justify="right" if col not in ("node", "role", "state") else "left")
-    for n in coord.nodes.values():
-        c, r = n.counters, n.rates
-        fill = f"{c['ring_fill']}/{c['ring_slots']}" if "ring_slots" in c else ""
-        state = Text("lost", style="bold red") if n.lost else Text(n.state)
-        t.add_row(n.name, n.role[:4], state, f"{c.get('frames', 0):,}",
-                  f"{r.get('frames_per_s', 0):,.0f}", f"{r.get('MB_per_s', 0):,.1f}", fill,
-                  str(c.get("credits", "")), str(c.get("overflow", "")), str(c.get("rejected", 0)),
-                  f"{r.get('cpu_percent', 0):.0f}")
-    return t
+# ------------------------------------------------------------------ figures (shared by both views)
+def node_figures(n: Any) -> dict[str, Any]:
+    """The numbers of one node's row (None where a figure does not apply to it)."""
+    c, r = n.counters, n.rates
+    acq = n.role == "acquisition"
+    losses = {"ovf": c.get("overflow", 0) or 0, "rej": c.get("rejected", 0) or 0,
+              "ctl": c.get("rejected_control", 0) or 0}
+    rss = (c.get("rss_bytes") or 0) + max(0, (c.get("reader_rss_bytes") or 0) - (c.get("reader_shared_bytes") or 0))
+    return {
+        "state": "lost" if n.lost else n.state,
+        "frames": c.get("frames", 0),
+        "fps": r.get("frames_per_s", 0.0),
+        "mbps": r.get("MB_per_s", 0.0),
+        "fill": c.get("ring_fill") if acq else None,
+        "slots": c.get("ring_slots") if acq else None,
+        "credits": c.get("credits") if acq else None,
+        "dead": (sum((c.get("stalled_s") or {}).values()) + (c.get("dead_s") or 0.0)) if acq and c else None,
+        "losses": {k: v for k, v in losses.items() if v},
+        "cpu": r.get("cpu_percent"),
+        "rss": rss or None,
+    }
+
+
+def frames_saved(coord: Any) -> int:
+    """Sum of the processing nodes' `saved` counters (earlier incarnations of rejoined nodes too)."""
+    return sum(n.counters.get("saved", 0) + sum(p["counters"].get("saved", 0) for p in n.past)
+               for n in coord.nodes.values() if n.role == "processing")
+
+
+def elapsed_s(coord: Any, now: float) -> float:
+    """Seconds since the run started; once it stopped, until it stopped (from the state history)."""
+    if not coord.run_started:
+        return 0.0
+    if coord.stop_reason:
+        times = {h["event"]: h["time"] for h in coord.sm.history}
+        if "start" in times and "stop" in times:
+            return max(0.0, times["stop"] - times["start"])
+    return now - coord.run_started
+
+
+def progress(coord: Any, now: float) -> list[tuple[str, float, str]]:
+    """(label, fraction done, detail) per stop condition of the run; [] when it is open-ended.
+
+    While the run goes on, an acquisition node whose source ended or that is lost counts as
+    done (the run does not wait for it); once it stopped, the bar shows what was produced."""
+    out = []
+    run = coord.topo.run
+    if run.frames:
+        acqs = [n for n in coord.nodes.values() if n.role == "acquisition"]
+        produced, fracs = 0, []
+        for n in acqs:
+            c = n.counters
+            p = max(c.get("produced", 0), c.get("frames", 0) + (c.get("overflow", 0) or 0))
+            produced += p
+            done = (n.source_done or n.lost) and not coord.stop_reason
+            fracs.append(1.0 if done else min(p / run.frames, 1.0))
+        frac = sum(fracs) / len(fracs) if fracs else 0.0
+        out.append(("frames", frac, f"{produced:,} / {run.frames * max(len(acqs), 1):,} produced"))
+    if run.duration:
+        elapsed = elapsed_s(coord, now)
+        out.append(("time", min(elapsed / run.duration, 1.0), f"{elapsed:,.0f} / {run.duration:,g} s"))
+    return out
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _mb(nbytes: int | None) -> str:
+    return "" if nbytes is None else f"{nbytes / 1e6:,.0f} MB"
+
+
+class LogTail:
+    """The last lines of a growing file, read from its end only when it changed."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._lines: list[str] = []
+
+    def lines(self, path: Any, n: int = LOG_LINES) -> list[str]:
+        try:
+            st = os.stat(path)
+        except (OSError, TypeError):
+            return []
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key != self._key:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(max(0, st.st_size - LOG_TAIL_BYTES))
+                    data = f.read(LOG_TAIL_BYTES)
+            except OSError:
+                return []
+            lines = data.decode(errors="replace").splitlines()
+            if st.st_size > LOG_TAIL_BYTES:
+                lines = lines[1:]          # the first one is cut
+            self._lines = [ln for ln in lines if ln.strip()][-LOG_LINES:]
+            self._key = key
+        return self._lines[-n:] if n > 0 else []
+
+
+# ------------------------------------------------------------------ the live view
+def _cells(f: dict, n: Any) -> dict[str, Text]:
+    state = f["state"]
+    if f["fill"] is not None and f["slots"]:
+        frac = f["fill"] / f["slots"]
+        k = min(RING_BAR, round(frac * RING_BAR))
+        color = "red" if frac >= 0.9 else "yellow" if frac >= 0.5 else "green"
+        ring = Text.assemble(("━" * k, color), ("━" * (RING_BAR - k), "grey30"), f" {f['fill']}/{f['slots']}")
+    else:
+        ring = Text("")
+    if f["losses"]:
+        losses = Text(" ".join(f"{k} {v:,}" for k, v in f["losses"].items()), style="yellow")
+    else:
+        losses = Text("0", style="dim")
+    return {
+        "node": Text(n.name, style="bold"),
+        "role": Text("acq" if n.role == "acquisition" else "proc"),
+        "host": Text(n.host),
+        "state": Text(state, style=STATE_STYLE.get(state, "")),
+        "frames": Text(f"{f['frames']:,}"),
+        "fps": Text(f"{f['fps']:,.0f}"),
+        "mbps": Text(f"{f['mbps']:,.1f}"),
+        "ring": ring,
+        "credits": Text("" if f["credits"] is None else str(f["credits"]),
+                        style="yellow" if f["credits"] == 0 and state == "running" else ""),
+        "dead": Text("" if f["dead"] is None else f"{f['dead']:.1f} s"),
+        "losses": losses,
+        "cpu": Text("" if f["cpu"] is None else f"{f['cpu']:.0f}"),
+        "mem": Text(_mb(f["rss"])),
+    }
+
+
+GAP = "  "             # between columns of the node table
+
+
+def fit_columns(widths: dict[str, int], width: int) -> list[str]:
+    """The columns (keys, in display order) that fit `width`, dropping by rank."""
+    keep = [key for key, *_ in COLUMNS]
+    for key, _h, _r, rank in sorted((c for c in COLUMNS if c[3]), key=lambda c: c[3]):
+        if sum(widths[k] for k in keep) + len(GAP) * (len(keep) - 1) <= width:
+            break
+        keep.remove(key)
+    return keep
+
+
+def node_table(coord: Any, width: int) -> Text:
+    """The node table as padded lines of text: header, rule, a row per node.  (Laid out here,
+    not by rich's Table, whose measuring of every cell costs several ms per redraw.)"""
+    rows = [_cells(node_figures(n), n) for n in coord.nodes.values()]
+    widths = {key: max([len(header)] + [r[key].cell_len for r in rows]) for key, header, *_ in COLUMNS}
+    keep = set(fit_columns(widths, width))
+    shown = [(key, header, right, widths[key]) for key, header, right, _ in COLUMNS if key in keep]
+    lines = [Text(GAP.join(header.rjust(w) if right else header.ljust(w) for _k, header, right, w in shown),
+                  style="bold")]
+    lines.append(Text("─" * len(lines[0]), style="dim"))
+    for r in rows:
+        line = Text()
+        for i, (key, _h, right, w) in enumerate(shown):
+            cell, pad = r[key], " " * (w - r[key].cell_len)
+            if i:
+                line.append(GAP)
+            if right:
+                line.append(pad)
+            line.append_text(cell)
+            if not right and i < len(shown) - 1:
+                line.append(pad)
+        lines.append(line)
+    out = Text("\n").join(lines)
+    out.no_wrap, out.overflow = True, "crop"
+    return out
+
+
+def _bar(frac: float, width: int) -> Text:
+    k = round(frac * width)
+    return Text.assemble(("━" * k, "green" if frac >= 1.0 else "magenta"), ("━" * (width - k), "grey30"))
+
+
+def render(coord: Any, width: int, height: int, tail: LogTail | None = None,
+           now: float | None = None) -> Group:
+    """The whole live view for a terminal of `width` x `height`."""
+    now = time.monotonic() if now is None else now
+    elapsed = elapsed_s(coord, now)
+    state = coord.sm.state
+    header = Text.assemble(
+        (f"{coord.topo.name} run {coord.rundir.number}", "bold"), "  ",
+        (state, STATE_STYLE.get(state, "bold")),
+        (f" ({coord.stop_reason})" if coord.stop_reason else "", "yellow"),
+        f"   elapsed {_hms(elapsed)}   saved {frames_saved(coord):,} frames")
+    parts: list[Any] = [header]
+    bars = progress(coord, now)
+    bar_w = max(10, min(40, width - 45))
+    for label, frac, detail in bars:
+        parts.append(Text.assemble(f"{label:<7}", _bar(frac, bar_w), (f" {frac * 100:3.0f}%", "bold"),
+                                   (f"  {detail}" if width >= 70 else "", "dim"), no_wrap=True, overflow="crop"))
+    if not bars:
+        parts.append(Text("open-ended run: it ends on Ctrl-C (or when every source has ended)", style="dim",
+                          no_wrap=True, overflow="ellipsis"))
+    parts.append(node_table(coord, width))
+    used = (-(-header.cell_len // max(width, 1)) + max(len(bars), 1) + len(coord.nodes) + 2
+            + 1)      # the header may wrap; + the line Live keeps for the cursor
+    room = min(LOG_LINES, height - used - 1)
+    lines = (tail or LogTail()).lines(coord.rundir.log_path, room) if room > 0 else []
+    for ln in lines:
+        style = "red" if " ERROR " in ln or " CRITICAL " in ln else "yellow" if " WARNING " in ln else "dim"
+        parts.append(Text(ln, style=style, no_wrap=True, overflow="ellipsis"))
+    return Group(*parts)
 
 
 class LiveDisplay:
     """Refreshed from the coordinator's loop (no thread of its own touches run state)."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console or Console(stderr=True)
+        self.clock = clock
         self.live: Live | None = None
-        self._last = 0.0
+        self.tail = LogTail()
+        self._last = -REFRESH
+        self._coord: Any = None
 
-    def update(self, coord: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < REFRESH:
+    def update(self, coord: Any, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self._last < REFRESH:
             return
         self._last = now
         if coord.sm.state in ("idle", "configured"):
             return   # nothing to show until frames flow
-        elapsed = now - coord.run_started if coord.run_started else 0.0
-        body = Group(_node_table(coord), Text(f"elapsed {elapsed:6.1f} s   run dir {coord.rundir.path}"))
+        self._coord = coord
+        width, height = self.console.size
+        body = render(coord, width, height, self.tail, now)
         if self.live is None:
             self.live = Live(body, console=self.console, auto_refresh=False, transient=False)
-            self.live.start()
+            self.live.start(refresh=True)
         else:
             self.live.update(body, refresh=True)
 
     def close(self) -> None:
         if self.live is not None:
+            if self._coord is not None:
+                self.update(self._coord, force=True)     # the final counters stay on the screen
             self.live.stop()
             self.live = None
 
 
+# ------------------------------------------------------------------ plain lines
+def plain_line(n: Any, stamp: str) -> str:
+    f = node_figures(n)
+    ring = "-" if f["slots"] is None else f"{f['fill']}/{f['slots']}"
+    lost = ",".join(f"{k}:{v}" for k, v in f["losses"].items()) or "0"
+    return (f"{stamp} {n.name} {f['state']} frames={f['frames']} fps={f['fps']:.0f} "
+            f"MB/s={f['mbps']:.1f} ring={ring} credits={'-' if f['credits'] is None else f['credits']} "
+            f"dead={'-' if f['dead'] is None else format(f['dead'], '.1f') + 's'} lost={lost} "
+            f"cpu={'-' if f['cpu'] is None else format(f['cpu'], '.0f') + '%'} "
+            f"rss={'-' if f['rss'] is None else format(f['rss'] / 1e6, '.0f') + 'MB'}")
+
+
+class PlainLines:
+    """When the console is not a terminal: one line per node every `period` s, and a last set
+    with the final counters at `close()`."""
+
+    def __init__(self, console: Console | None = None, period: float = PLAIN_PERIOD,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.console = console or Console(stderr=True)
+        self.period = period
+        self.clock = clock
+        self._next = float("-inf")
+        self._coord: Any = None
+
+    def update(self, coord: Any) -> None:
+        now = self.clock()
+        if now < self._next or coord.sm.state in ("idle", "configured"):
+            return
+        self._next = now + self.period
+        self._coord = coord
+        self._emit(coord)
+
+    def _emit(self, coord: Any) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        out = self.console.file
+        out.write("".join(plain_line(n, stamp) + "\n" for n in coord.nodes.values()))
+        out.flush()
+
+    def close(self) -> None:
+        if self._coord is not None:
+            self._emit(self._coord)
+            self._coord = None
+
+
+# ------------------------------------------------------------------ end of run
 def summary_table(summary: dict) -> Group:
     b = summary["books"]
     t = Table(title=f"{summary['name']} run {summary['run']}: {summary['result']}"

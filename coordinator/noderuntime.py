@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 
 from coordinator import __version__
-from coordinator.procutil import PARENT_DEATH_ENV, PARENT_DIED, set_pdeathsig
+from coordinator.procutil import PARENT_DEATH_ENV, PARENT_DIED, resident_bytes, set_pdeathsig
 from coordinator.security import Curve, Gatekeeper, SecurityError
 from coordinator.wire import ProtocolError, log_rejected, pack_control, unpack_control
 
@@ -306,7 +306,12 @@ class NodeRuntime:
 
     def _send_stats(self) -> None:
         t = os.times()
-        counters = {"cpu_s": t.user + t.system, "rejected_control": self.rejected_control,
+        rss = resident_bytes()[0]
+        if not rss:      # no /proc: the peak RSS (KiB on Linux, bytes on macOS) is the cheap stand-in
+            import resource
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            rss = peak if sys.platform == "darwin" else peak * 1024
+        counters = {"cpu_s": t.user + t.system, "rss_bytes": rss, "rejected_control": self.rejected_control,
                     "refused": self.gatekeeper.refused if self.gatekeeper else 0, **self.counters()}
         self.send("stats", state=self.state, counters=counters)
 

@@ -49,3 +49,15 @@ def terminate(procs: list[subprocess.Popen], grace: float = 3.0) -> None:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
+
+
+def resident_bytes(pid: int | str = "self") -> tuple[int, int]:
+    """(resident, resident shared) bytes of a process: one small read of /proc/<pid>/statm,
+    cheap enough for every stats message (no psutil); (0, 0) where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            pages = f.read().split()
+        page = os.sysconf("SC_PAGE_SIZE")
+        return int(pages[1]) * page, int(pages[2]) * page
+    except (OSError, ValueError, IndexError):
+        return 0, 0
