@@ -27,6 +27,7 @@ from coordinator.control import ControlServer, StartupError
 from coordinator.dispatch import DispatchSchedule, rebalance
 from coordinator.emulated import StartupFailure, board_address, start_emulator
 from coordinator.flowchart import write_data_flow
+from coordinator.plots import write_plots
 from coordinator.launcher import Launcher
 from coordinator.procutil import terminate
 from coordinator.record import keep_record, salvage
@@ -640,6 +641,7 @@ class Coordinator:
         result, code = self.result()
         self.books, master = keep_record(self.rundir, self.topo.name, acq_reports, proc_reports, files, lost,
                                          seen, {"run": self.rundir.number, "result": result}, places)
+        plots = write_plots(self.rundir.path) if self.topo.run.plots else []
         summary = {
             "name": self.topo.name, "run": self.rundir.number, "run_dir": str(self.rundir.path),
             "result": result, "exit_code": code,
@@ -655,6 +657,7 @@ class Coordinator:
             "books": self.books.summary(),
             "missing_file": "missing.csv", "master_file": MASTER_FILE if master else None,
             "files": places,
+            "plots": [str(p.relative_to(self.rundir.path)) for p in plots],
             "nodes": {n.name: {"role": n.role, "host": n.host, "pid": n.pid, "incarnation": n.incarnation,
                                "lost": n.lost, "lost_reason": n.lost_reason, "errors": n.errors,
                                "exit_code": n.proc.poll() if n.proc is not None else None,

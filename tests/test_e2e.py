@@ -61,6 +61,8 @@ def test_run_saves_every_frame_bit_exact(tmp_path):
         assert (run_dir / name).is_file(), name
     flow = (run_dir / "data_flow.svg").read_text()      # the run's own nodes, drawn
     assert all(f'id="node-{n}"' in flow for n in ("synth1", "proc1", "proc2"))
+    assert summary["plots"] == ["plots/waveforms-pulses.png"]      # a few waveforms (no histogram here)
+    assert (run_dir / "plots" / "waveforms-pulses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     frames = saved_frames(run_dir)
     assert np.array_equal(frames["seq"], np.arange(3000))

@@ -150,6 +150,7 @@ RUN = Schema({
     "heartbeat_timeout": Field(POSITIVE),
     "drain_timeout": Field(POSITIVE),
     "start_timeout": Field(POSITIVE),
+    "plots": Field(boolean()),
 }, _model(RunConfig))
 
 CONTROL = Schema({

@@ -241,6 +241,7 @@ class RunConfig:
     heartbeat_timeout: float = 2.0     # a node silent this long is lost
     drain_timeout: float = 5.0         # time allowed after stop for frames in flight
     start_timeout: float = 20.0        # time allowed for nodes to register and configure
+    plots: bool = True                 # PNG plots of the histograms and a few waveforms at the end
 
 
 @dataclass(frozen=True)
