@@ -641,7 +641,11 @@ class Coordinator:
         result, code = self.result()
         self.books, master = keep_record(self.rundir, self.topo.name, acq_reports, proc_reports, files, lost,
                                          seen, {"run": self.rundir.number, "result": result}, places)
-        plots = write_plots(self.rundir.path) if self.topo.run.plots else []
+        try:
+            plots = write_plots(self.rundir.path) if self.topo.run.plots else []
+        except Exception as exc:     # (a full disk): the record below matters more than pictures
+            log.warning("plots not written: %s: %s", type(exc).__name__, exc)
+            plots = []
         summary = {
             "name": self.topo.name, "run": self.rundir.number, "run_dir": str(self.rundir.path),
             "result": result, "exit_code": code,
