@@ -64,6 +64,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from coordinator.rundir import last_lines
+
 REFRESH = 0.25        # s between redraws of the live view
 PLAIN_PERIOD = 5.0    # s between sets of plain lines
 LOG_LINES = 5
@@ -178,16 +180,7 @@ class LogTail:
             return []
         key = (str(path), st.st_size, st.st_mtime_ns)
         if key != self._key:
-            try:
-                with open(path, "rb") as f:
-                    f.seek(max(0, st.st_size - LOG_TAIL_BYTES))
-                    data = f.read(LOG_TAIL_BYTES)
-            except OSError:
-                return []
-            lines = data.decode(errors="replace").splitlines()
-            if st.st_size > LOG_TAIL_BYTES:
-                lines = lines[1:]          # the first one is cut
-            self._lines = [ln for ln in lines if ln.strip()][-LOG_LINES:]
+            self._lines = last_lines(path, LOG_LINES, tail_bytes=LOG_TAIL_BYTES)
             self._key = key
         return self._lines[-n:] if n > 0 else []
 

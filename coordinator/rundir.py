@@ -80,12 +80,18 @@ class RunDirectory:
                 w.writerow([r.first, r.last, r.count, r.module, r.cause, r.node, f"{r.time:.3f}"])
 
 
-def last_lines(path: Path, n: int = 8, match: str = "") -> list[str]:
-    """The last n lines of a log (optionally only those containing `match`)."""
+def last_lines(path: Path, n: int = 8, match: str = "", tail_bytes: int = 1 << 16) -> list[str]:
+    """The last n non-empty lines of a log (optionally only those containing `match`), from its
+    last `tail_bytes` only: a long run's log is never read whole."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - tail_bytes))
+            data = f.read(tail_bytes)
+    except (OSError, TypeError):
         return []
-    if match:
-        lines = [ln for ln in lines if match in ln]
-    return lines[-n:]
+    lines = data.decode(errors="replace").splitlines()
+    if size > tail_bytes:
+        lines = lines[1:]          # the first one is cut
+    lines = [ln for ln in lines if ln.strip() and match in ln]
+    return lines[-n:] if n > 0 else []
