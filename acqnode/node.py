@@ -43,23 +43,37 @@ class AcqNode(NodeRuntime):
 
     def __init__(self, name: str, coordinator: str, keys: Path | None = None) -> None:
         super().__init__(name, coordinator, keys)
+        # kept from run to run while the node's settings stay the same
         self.ring: Ring | None = None
         self.reader: subprocess.Popen | None = None
         self.reader_conn: Connection | None = None
         self.data: zmq.Socket | None = None
+        self.setup: dict | None = None           # what ring, socket and reader were made for
+        self.done_fd: int | None = None
         self.shipper: Shipper | None = None
+        self.init_run()
+
+    def init_run(self) -> None:
+        self.shipper = None
         self.produced = 0
         self.reader_done = False
         self.source_report: dict = {}
         self.gaps: dict[str, RangeSet] = {}
         self.errors: list[str] = []
         self.drain_deadline: float | None = None
+        self.paused_s = 0.0
+        self.ring_base = (0, 0)                  # ring counters (written, overflow) at the run's start
 
     # -- control ---------------------------------------------------------------------
     def on_configure(self, msg: dict) -> None:
-        if self.state != "idle":
+        """Set up for a run.  A node that served a run before with the same settings keeps its
+        ring, data socket and reader (the board stays connected and configured) and only
+        re-arms them; any other change builds them afresh."""
+        if self.state in ("configuring", "configured", "running", "draining") and self.run_no == msg["run"]:
             self.fail(f"{self.name}: configure while {self.state}")
             return
+        self.new_run()
+        self.init_run()
         topo = topology_from_dict(msg["topology"], source="configure message")
         cfg = topo.acquisition[self.name]
         stream = topo.streams[cfg.stream]
@@ -67,9 +81,47 @@ class AcqNode(NodeRuntime):
         self.run_dir = Path(msg["run_dir"])
         self.drain_timeout = topo.run.drain_timeout
         self.coordinator_timeout = max(3 * topo.run.heartbeat_timeout, 5.0)
+        board = (msg["params"].get("boards") or {}).get(self.name)
+        setup = {"acquisition": msg["topology"]["acquisition"][self.name],
+                 "stream": msg["topology"]["streams"][cfg.stream], "address": topo.host_address(cfg.host),
+                 "board": board, "security": topo.security}
+        reuse = setup == self.setup and self.reader is not None and self.reader.poll() is None \
+            and self.reader_conn is not None
+        if not reuse:
+            self.close_setup()
+            if not self._bind(topo, cfg):
+                return
+            self.ring = Ring.create(f"daqring-{os.getpid()}-{self.name}", stream.dtype, cfg.ring.slots)
+            self.register(self.ring.filled_fd, self._on_filled)
+        else:
+            self.ring.reopen_writer()
+            st = self.ring.status()
+            self.ring_base = (st.written, st.overflow)
+        self.setup = setup
+        # ~4 MiB per message: measured at 1 MiB frames, 4 frames per message cut the CPU per GB
+        # of both nodes by a third (2.0 -> 2.5 GB/s); credits still bound each batch.
+        batch = cfg.batch or max(1, (4 << 20) // stream.dtype.itemsize)
+        schedule = msg["params"].get("schedule", {}).get(stream.name)
+        self.shipper = Shipper(self.ring, self.data, self.run_no, stream.name, self.name,
+                               topo.downstreams(self.name), min(batch, cfg.ring.slots),
+                               DispatchSchedule.from_dict(schedule) if schedule else None, self.done_fd)
+        self.done_fd = self.shipper.done_fd
+        self.register(self.shipper.done_fd, self.shipper.pump)
+        if reuse:
+            self._to_reader(t="arm", frames=msg["params"].get("frames"))
+            self.reader_deadline = time.monotonic() + READER_START_TIMEOUT
+        else:
+            self._start_reader(msg)
+        self.state = "configuring"
+        self.configured_info = {"endpoint": self.endpoint, "ring": self.ring.name, "slots": cfg.ring.slots,
+                                "reader_pid": self.reader.pid, "itemsize": stream.dtype.itemsize,
+                                "kept": reuse}
 
+    def _bind(self, topo: Any, cfg: Any) -> bool:
         self.data = self.ctx.socket(zmq.ROUTER)
         self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # a processing node's socket of the next run takes over its name from the last run's
+        self.data.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.data.setsockopt(zmq.LINGER, 0)
         self.data.setsockopt(zmq.SNDHWM, 1000)
         self.data.setsockopt(zmq.SNDBUF, DATA_SOCKET_BUFFER)
@@ -85,24 +137,13 @@ class AcqNode(NodeRuntime):
         except zmq.ZMQError as exc:
             where = f"tcp://{address}:{cfg.data_port or '*'}"
             self.fail(f"{self.name}: cannot bind data socket {where}: {exc.strerror}")
-            return
+            self.data.close(linger=0)
+            self.data = None
+            return False
+        self.endpoint = endpoint
         self.register(self.data, self._on_data)
         self.watch_server(self.data, endpoint)
-
-        self.ring = Ring.create(f"daqring-{os.getpid()}-{self.name}", stream.dtype, cfg.ring.slots)
-        self.register(self.ring.filled_fd, self._on_filled)
-        # ~4 MiB per message: measured at 1 MiB frames, 4 frames per message cut the CPU per GB
-        # of both nodes by a third (2.0 -> 2.5 GB/s); credits still bound each batch.
-        batch = cfg.batch or max(1, (4 << 20) // stream.dtype.itemsize)
-        schedule = msg["params"].get("schedule", {}).get(stream.name)
-        self.shipper = Shipper(self.ring, self.data, self.run_no, stream.name, self.name,
-                               topo.downstreams(self.name), min(batch, cfg.ring.slots),
-                               DispatchSchedule.from_dict(schedule) if schedule else None)
-        self.register(self.shipper.done_fd, self.shipper.pump)
-        self._start_reader(msg)
-        self.state = "configuring"
-        self.configured_info = {"endpoint": endpoint, "ring": self.ring.name, "slots": cfg.ring.slots,
-                                "reader_pid": self.reader.pid, "itemsize": stream.dtype.itemsize}
+        return True
 
     def _start_reader(self, msg: dict) -> None:
         """Start the reader; `configured` is sent when it says `ready` (never block the loop)."""
@@ -132,10 +173,20 @@ class AcqNode(NodeRuntime):
         if self.eor is not None:          # already ended: the coordinator may have missed our report
             self.send("eor", report=self.eor)
             return
-        if self.state in ("running", "configured") and self.drain_deadline is None:
+        if self.state in ("running", "paused", "configured") and self.drain_deadline is None:
             self._to_reader(t="stop")
             self.state = "draining"
             self.drain_deadline = time.monotonic() + self.drain_timeout
+
+    def on_pause(self, msg: dict) -> None:
+        if self.state == "running":
+            self._to_reader(t="pause")
+            self.state = "paused"
+
+    def on_resume(self, msg: dict) -> None:
+        if self.state == "paused":
+            self._to_reader(t="resume")
+            self.state = "running"
 
     def end_alone(self) -> float:
         self.on_stop({"reason": "coordinator lost"})
@@ -184,6 +235,7 @@ class AcqNode(NodeRuntime):
                     self.shipper.notice_gap(msg["start"], msg["stop"] - 1, msg["cause"])
             elif t == "done":
                 self.produced = msg["produced"]
+                self.paused_s = msg.get("paused_s", 0.0)
                 self.source_report = msg.get("source") or {}
                 self.reader_done = True
                 self.send("source_done", produced=self.produced)
@@ -205,7 +257,8 @@ class AcqNode(NodeRuntime):
         if self.state == "configuring" and time.monotonic() > self.reader_deadline:
             self.fail(f"{self.name}: reader process did not start within {READER_START_TIMEOUT:.0f} s")
             self.state = "failed"
-        if self.reader is not None and not self.reader_done and self.reader.poll() is not None:
+        if self.reader is not None and not self.reader_done and self.reader.poll() is not None \
+                and self.state != "ended":
             self._on_reader()   # its last messages (`done`) may still be in the pipe
             if not self.reader_done:
                 self.fail(f"{self.name}: reader process exited with status {self.reader.returncode}")
@@ -222,7 +275,8 @@ class AcqNode(NodeRuntime):
     def _end_of_run(self) -> None:
         self.eor = {"produced": self.produced, "source": self.source_report,
                     "gaps": {c: r.to_list() for c, r in self.gaps.items()},
-                    "errors": self.errors, "ring_overflow": self.ring.status().overflow,
+                    "errors": self.errors, "paused_s": self.paused_s,
+                    "ring_overflow": self.ring.status().overflow - self.ring_base[1],
                     **self.shipper.report()}
         self.state = "ended"
         self.send("eor", report=self.eor)
@@ -242,32 +296,53 @@ class AcqNode(NodeRuntime):
             except Exception:
                 pass
             rss, shared = resident_bytes(self.reader.pid)     # shared: the ring's pages among them
-        return {"frames": st.written, "sent_frames": self.shipper.sent_frames,
+        return {"frames": st.written - self.ring_base[0], "sent_frames": self.shipper.sent_frames,
                 "sent_bytes": self.shipper.sent_bytes, "ring_fill": st.fill, "ring_slots": st.slots,
-                "overflow": st.overflow, "credits": sum(self.shipper.credits.values()),
+                "overflow": st.overflow - self.ring_base[1], "credits": sum(self.shipper.credits.values()),
                 "rejected": self.shipper.rejected, "reader_cpu_s": cpu,
                 "reader_rss_bytes": rss, "reader_shared_bytes": shared,
                 "stalled_s": self.shipper.stalled_so_far()}
 
     # -- cleanup -----------------------------------------------------------------------
-    def close(self) -> None:
-        if self.reader is not None and self.reader.poll() is None:
-            self._to_reader(t="stop")
-            try:
-                self.reader.wait(2.0)
-            except subprocess.TimeoutExpired:
-                self.reader.kill()
-                self.reader.wait()
-        if self.data is not None:
-            self.data.close(linger=0)
+    def close_run(self) -> None:
+        """The run's shipper goes; ring, socket and reader stay for a next run of the same
+        settings, unless this run did not end (they are then built afresh)."""
         if self.shipper is not None:
             self.unregister(self.shipper.done_fd)
             self.shipper.close()
         self.shipper = None
+        if self.state != "ended" or not self.reader_done:
+            self.close_setup()
+
+    def close(self) -> None:
+        self.close_run()
+        self.close_setup()
+
+    def close_setup(self) -> None:
+        if self.reader is not None:
+            if self.reader.poll() is None:
+                self._to_reader(t="stop")
+                self._to_reader(t="quit")
+                try:
+                    self.reader.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    self.reader.kill()
+                    self.reader.wait()
+            self.reader = None
+        if self.reader_conn is not None:
+            self.unregister(self.reader_conn.fileno())
+            self.reader_conn.close()
+            self.reader_conn = None
+        if self.data is not None:
+            self.close_server(self.data)
+            self.data = None
         if self.ring is not None:
+            self.unregister(self.ring.filled_fd)
             gc.collect()   # drop numpy views into the segment before unmapping it
             try:
                 self.ring.close()
             except BufferError:
                 log.warning("ring views still referenced at close; unlinking anyway")
             self.ring.unlink()
+            self.ring = None
+        self.setup = None

@@ -3,8 +3,11 @@
 Started by the acquisition node with `python -m acqnode.reader CONFIG_JSON`, the
 ring's doorbell eventfds and one end of a socketpair inherited (pass_fds).
 Over the socketpair (a `multiprocessing.connection.Connection`) it receives
-`start`/`stop` and sends `ready`, `gap` (seq ranges lost with a cause) and
-`done` (how many frames the source produced) as msgpack maps.
+`start`/`stop`/`pause`/`resume` and sends `ready`, `gap` (seq ranges lost with a
+cause) and `done` (how many frames the source produced) as msgpack maps.
+
+A reader serves runs in a row: after `done` it waits for `arm` (the next run of an
+unchanged configuration: the board stays connected and configured) or `quit`.
 """
 from __future__ import annotations
 
@@ -43,22 +46,53 @@ class Reader:
         self.ring = Ring.attach(cfg["ring"], filled_fd=cfg["filled_fd"], freed_fd=cfg["freed_fd"])
         self.source: Any = None
         self.policy = self.acq.ring.policy
+        self.quit = False
+        self.new_run()
+
+    def new_run(self) -> None:
         self.stop_requested = False
         self.next_command_check = 0.0
         self.produced = 0                            # seqs the source used (stored, dropped or lost)
         self.pending_gap: list | None = None         # [start, stop, cause] not yet reported
         self.last_gap_flush = time.monotonic()
+        self.paused_since: float | None = None       # a pause: the source is not read
+        self.paused_s = 0.0                          # pauses of this run so far
 
     def send(self, **msg) -> None:
         self.conn.send_bytes(msgpack.packb(msg))
 
+    def receive(self, timeout: float) -> dict | None:
+        """The next command, or None; the node gone (pipe closed) is `quit`."""
+        try:
+            if not self.conn.poll(timeout):
+                return None
+            return msgpack.unpackb(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            return {"t": "quit"}
+
     def poll_commands(self, timeout: float = 0.0) -> None:
-        """Read any command; `stop` sets the flag the loops check."""
-        while self.conn.poll(timeout):
-            msg = msgpack.unpackb(self.conn.recv_bytes())
-            if msg.get("t") == "stop":
+        """Read any command; `stop` sets the flag the loops check, `pause`/`resume` hold them."""
+        while (msg := self.receive(timeout)) is not None:
+            t = msg.get("t")
+            if t in ("stop", "quit"):
                 self.stop_requested = True
+                self.quit = self.quit or t == "quit"
+            elif t == "pause" and self.paused_since is None:
+                self.paused_since = time.monotonic()
+            elif t == "resume" and self.paused_since is not None:
+                self.paused_s += time.monotonic() - self.paused_since
+                self.paused_since = None
+                resumed = getattr(self.source, "resumed", None)
+                if resumed is not None:
+                    resumed()       # a board drops what it captured while paused
             timeout = 0.0
+
+    def paused(self) -> bool:
+        """In a pause the loops only look at commands (no frames: they are not acquired)."""
+        if self.paused_since is None:
+            return False
+        self.poll_commands(0.1)
+        return self.paused_since is not None
 
     def should_stop(self) -> bool:
         """Checked every batch; the pipe is looked at most every COMMAND_CHECK s (a syscall
@@ -97,17 +131,24 @@ class Reader:
             log.error("source cannot start: %s", exc)
             self.send(t="error", message=f"source {self.acq.source.kind}: {exc}", seq=0, fatal=True)
             return 1
-        self.send(t="ready", pid=os.getpid(), hardware=getattr(self.source, "hardware", {}))
+        while True:
+            self.send(t="ready", pid=os.getpid(), hardware=getattr(self.source, "hardware", {}))
+            self.one_run()
+            if self.quit or not self.wait_for_arm():
+                return 0
+
+    def one_run(self) -> None:
         while not self.stop_requested:        # wait for start (or stop before start)
-            if not self.conn.poll(1.0):
+            msg = self.receive(1.0)
+            if msg is None:
                 continue
-            msg = msgpack.unpackb(self.conn.recv_bytes())
             if msg.get("t") == "start":
                 if msg.get("epoch_ns") and hasattr(self.source, "set_epoch"):
                     self.source.set_epoch(msg["epoch_ns"])
                 break
-            if msg.get("t") == "stop":
+            if msg.get("t") in ("stop", "quit"):
                 self.stop_requested = True
+                self.quit = msg["t"] == "quit"
         try:
             if not self.stop_requested:
                 if getattr(self.source, "triggered", False):
@@ -119,11 +160,30 @@ class Reader:
             self.flush_gap()
             self.send(t="error", message=f"source {self.acq.source.kind}: {type(exc).__name__}: {exc}",
                       seq=self.produced, trace=traceback.format_exc(limit=5))
+        if self.paused_since is not None:          # stopped while paused
+            self.paused_s += time.monotonic() - self.paused_since
+            self.paused_since = None
         self.flush_gap()
         self.ring.close_writer()
         report = getattr(self.source, "report", None)
-        self.send(t="done", produced=self.produced, source=report() if report else {})
-        return 0
+        self.send(t="done", produced=self.produced, source=report() if report else {},
+                  paused_s=round(self.paused_s, 6))
+
+    def wait_for_arm(self) -> bool:
+        """Between runs: `arm` starts the next run with the same source; `quit` ends."""
+        while True:
+            msg = self.receive(1.0)
+            if msg is None:
+                continue
+            if msg.get("t") == "quit":
+                return False
+            if msg.get("t") == "arm":
+                self.frames_limit = msg.get("frames")
+                self.new_run()
+                new_run = getattr(self.source, "new_run", None)
+                if new_run is not None:
+                    new_run()
+                return True
 
     def acquire(self) -> None:
         """Produce frames straight into reserved ring slots (no intermediate copy).
@@ -137,14 +197,17 @@ class Reader:
         t0 = time.monotonic()
         seq = 0
         while seq < limit and not self.should_stop():
+            if self.paused():
+                continue
             n = min(batch, limit - seq)
             if paced:
-                # frames exist only once their (simulated) trigger time has come
-                wait = self.source.pace(seq) - (time.monotonic() - t0)
+                # frames exist only once their (simulated) trigger time has come; a pause
+                # holds the source's clock
+                wait = self.source.pace(seq) - (time.monotonic() - t0 - self.paused_s)
                 if wait > 0:
                     self.poll_commands(min(wait, 0.25))
                     continue
-                now = time.monotonic() - t0
+                now = time.monotonic() - t0 - self.paused_s
                 k = 1
                 while k < n and self.source.pace(seq + k) <= now:
                     k += 1
@@ -179,6 +242,8 @@ class Reader:
         seq = 0
         try:
             while seq < limit and not self.should_stop():
+                if self.paused():
+                    continue
                 views = self.ring.reserve(min(batch, limit - seq))
                 if views:
                     out = views[0]

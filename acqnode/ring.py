@@ -577,6 +577,13 @@ class Ring:
         self._wclosed[0] = 1
         _ring_bell(self.filled_fd)
 
+    def reopen_writer(self) -> None:
+        """The ring's next run (the owner, with the ring empty): records may come again."""
+        if self.available():
+            raise RuntimeError(f"ring {self.name!r}: reopen_writer() with {self.available()} records unconsumed")
+        _fence()
+        self._wclosed[0] = 0
+
     # -- consumer --------------------------------------------------------------------------
 
     def available(self) -> int:

@@ -33,7 +33,8 @@ ZERO_COPY_MIN = 64 * 1024   # below this a copy is cheaper than tracking the sen
 
 class Shipper:
     def __init__(self, ring: Any, sock: zmq.Socket, run: int, stream: str, module: str,
-                 peers: list[str], batch_max: int, schedule: DispatchSchedule | None = None) -> None:
+                 peers: list[str], batch_max: int, schedule: DispatchSchedule | None = None,
+                 done_fd: int | None = None) -> None:
         self.ring = ring
         self.sock = sock
         self.run = run
@@ -47,7 +48,8 @@ class Shipper:
         self.back_from: dict[str, int] = {}   # a rejoined peer gets scheduled blocks from this seq on
         self.shipped_lost = {p: RangeSet() for p in peers}   # shipped to an incarnation that was lost
         self.inflight: deque[list] = deque()  # [n_records, done], oldest first
-        self.done_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        # one per node, kept from run to run (see close)
+        self.done_fd = done_fd if done_fd is not None else os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.unreleased = 0                   # records sent but not yet released to the ring
         self.shipped = {p: RangeSet() for p in peers}
         self.send_failed = RangeSet()

@@ -93,7 +93,7 @@ class NodeRuntime:
         self.poller = zmq.Poller()
         self.poller.register(self.control, zmq.POLLIN)
         self._handlers: dict[Any, Callable[[], None]] = {}
-        self._timers: list[list] = []  # [next_due, interval, fn]
+        self._timers: list[list] = []  # [next_due, interval, fn, run_scoped]
         self.running = True
         self.state = "idle"
         self.rejected_control = 0
@@ -106,7 +106,7 @@ class NodeRuntime:
         self.run_dir: Path | None = None
         self.run_no = 0
         self.eor: dict | None = None
-        self.every(HEARTBEAT_INTERVAL, self._send_stats)
+        self.every(HEARTBEAT_INTERVAL, self._send_stats, run_scoped=False)
 
     # -- plumbing for subclasses ----------------------------------------------------
     def register(self, sock_or_fd: Any, callback: Callable[[], None]) -> None:
@@ -137,12 +137,39 @@ class NodeRuntime:
             mon = self.gatekeeper.watch(sock, endpoint)
             self.register(mon, lambda: self.gatekeeper.on_monitor(mon))
 
-    def every(self, interval: float, fn: Callable[[], None]) -> None:
-        self._timers.append([time.monotonic() + interval, interval, fn])
+    def close_server(self, sock: zmq.Socket) -> None:
+        """Close a bound data socket and its handshake monitor (a node serves runs in a row)."""
+        self.unregister(sock)
+        if self.gatekeeper is not None:
+            mon = self.gatekeeper.unwatch(sock)
+            if mon is not None:
+                self.unregister(mon)
+        sock.close(linger=0)
+
+    def every(self, interval: float, fn: Callable[[], None], run_scoped: bool = True) -> None:
+        """A timer; a run's timers end with the run (`new_run`)."""
+        self._timers.append([time.monotonic() + interval, interval, fn, run_scoped])
+
+    def new_run(self) -> bool:
+        """Before configuring a run: a node that served a run before drops that run's state
+        and timers (its subclass closes what belongs to the run in `close_run`).  Returns
+        whether there was an earlier run."""
+        if self.state == "idle" and self.eor is None and self.run_dir is None:
+            return False
+        if self.state not in ("ended", "idle"):
+            log.warning("configure for a new run while %s: the earlier run is abandoned", self.state)
+        self.close_run()
+        self._timers = [t for t in self._timers if not t[3]]
+        self.eor, self._report_written, self.run_dir = None, False, None
+        self.state = "idle"
+        return True
+
+    def close_run(self) -> None:
+        """Release what belongs to one run (files, its sockets); `close` releases the rest."""
 
     def send(self, t: str, **fields: Any) -> None:
         try:
-            self.control.send(pack_control(t, **fields), zmq.NOBLOCK)
+            self.control.send(pack_control(t, run=self.run_no, **fields), zmq.NOBLOCK)
         except zmq.Again:
             log.warning("control queue to the coordinator is full; %s message dropped", t)
 

@@ -104,12 +104,23 @@ class Gatekeeper:
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
         self.monitors: dict[zmq.Socket, str] = {}
+        self._monitor_of: dict[zmq.Socket, zmq.Socket] = {}      # watched socket -> its monitor
         self.named: dict[str, set[str]] = {}      # endpoint -> refused peers (ip:port) already named
 
     def watch(self, sock: zmq.Socket, endpoint: str) -> zmq.Socket:
         """Monitor a bound CURVE server for failed handshakes; returns the monitor socket to poll."""
         mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
         self.monitors[mon] = endpoint
+        self._monitor_of[sock] = mon
+        return mon
+
+    def unwatch(self, sock: zmq.Socket) -> zmq.Socket | None:
+        """Stop monitoring `sock` (before it is closed); returns the closed monitor socket."""
+        mon = self._monitor_of.pop(sock, None)
+        if mon is not None:
+            sock.disable_monitor()
+            mon.close(linger=0)
+            del self.monitors[mon]
         return mon
 
     def handlers(self) -> dict[zmq.Socket, Callable[[], None]]:

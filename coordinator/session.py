@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +26,7 @@ import zmq
 from coordinator.books import Books
 from coordinator.control import ControlServer, StartupError
 from coordinator.dispatch import DispatchSchedule, rebalance
-from coordinator.emulated import StartupFailure, board_address, start_emulator
+from coordinator.emulated import StartupFailure, board_address, emulator_settings, start_emulator
 from coordinator.flowchart import write_data_flow
 from coordinator.plots import write_plots
 from coordinator.launcher import Launcher
@@ -43,6 +44,8 @@ STATS_INTERVAL = 1.0
 RETRY_INTERVAL = 1.0
 REBALANCE_INTERVAL = 2.0   # s between looks at which processing node holds the senders back
 EXIT_OK, EXIT_FAILED, EXIT_DEGRADED, EXIT_INTERRUPTED = 0, 1, 3, 130
+#: Node messages about one run: when their run is not the current one they are late, and ignored.
+RUN_MESSAGES = {"configured", "started", "stats", "source_done", "eor", "error"}
 
 
 @dataclass
@@ -77,6 +80,7 @@ class NodeStatus:
     past: list = field(default_factory=list)     # earlier incarnations: lost, their files kept
     rejoining: bool = False
     said_ignored: bool = False
+    configure_sent: bool = False
     _prev: tuple[float, dict] | None = None
 
 
@@ -120,7 +124,7 @@ class Coordinator:
         self.interrupted = False
         self.abort = False
         self.failure: str | None = None
-        self.run_started = 0.0
+        self.run_started = self.run_stopped = 0.0
         self.t0 = time.monotonic()
         self._next_hb = 0.0
         self._next_stats = 0.0
@@ -129,32 +133,96 @@ class Coordinator:
         self.schedules: dict[str, DispatchSchedule] = {}
         self.books: Books | None = None
         self.emulator_proc: Any = None
+        self.emulator_settings: dict | None = None
+        self.boards: dict[str, list] = {}
         self.launcher: Launcher | None = None
+        self.ctx: zmq.Context | None = None
+        self.ctl: ControlServer | None = None
+        self.gatekeeper: Gatekeeper | None = None
+        self.poller = zmq.Poller()
+        self.watched: dict = {}
+        self.rundir: RunDirectory | None = None
+        self.run_no = 0
+        self.stats_file: Any = None
+        self.stats_writer: Any = None
+        self.node_log: Path | None = None        # where node processes write (log.txt, or the system log)
+        self.work_dir: Path | None = None        # the emulator's ready file (a system of several runs)
+        self.until: dict | None = None           # stop when a histogram has this many entries
+        self.overrides: dict = {}                # this run's changes to the topology (key path: value)
+        self.on_begin: Callable[[RunDirectory], None] | None = None   # a system's run has its folder
+        self.pauses: list[dict] = []
+        self.paused_since: float | None = None
+        self.stop_requested = False
+        self.log_handler: logging.Handler | None = None
+        self.started_at = time.time()
 
     # ---------------------------------------------------------------- public entry
     def run(self) -> dict:
-        """Execute the run; returns the summary (also written to run.json)."""
+        """Execute one run with nodes launched for it; returns the summary (also in run.json)."""
+        self._begin_run()
+        self.node_log = self.rundir.log_path
+        return self._conduct(launch=True)
+
+    def run_next(self, topo: Topology, overrides: dict, until: dict | None = None) -> dict:
+        """One more run of a system whose nodes are up (`open_system`), with `topo` (the
+        system's topology with this run's `overrides`)."""
+        self.topo, self.overrides, self.until = topo, overrides, until
+        self._begin_run()
+        return self._conduct(launch=False)
+
+    def open_system(self, node_log: Path, work_dir: Path) -> None:
+        """Launch every node once for runs in a row (the API, batch files)."""
+        self.node_log, self.work_dir = node_log, work_dir
+        self.sm = StateMachine()
+        try:
+            self._launch()
+        except BaseException:
+            self.close_system()
+            raise
+
+    def close_system(self) -> None:
+        self._shutdown()
+
+    def _begin_run(self) -> None:
+        """A run directory with its log, topology, picture and stats; the run's state afresh."""
         self.rundir = RunDirectory.create(self.topo.run.directory, self.topo.name)
+        self.run_no = self.rundir.number
         self.rundir.write_topology(self.topo.to_dict())
         handler = logging.FileHandler(self.rundir.log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s coordinator %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(logging.INFO)
+        self.log_handler = handler
         try:
             write_data_flow(self.topo, self.rundir.path)
         except Exception as exc:     # a picture must never cost a run
             log.warning("data_flow.svg not written: %s: %s", type(exc).__name__, exc)
         self.started_at = time.time()
-        self.ctx = zmq.Context()
-        self.ctl: ControlServer | None = None
-        self.gatekeeper: Gatekeeper | None = None
-        self.poller = zmq.Poller()
-        self.watched: dict = {}
         self.stats_file, self.stats_writer = self.rundir.open_stats()
-        old_int = signal.signal(signal.SIGINT, self._on_sigint)
-        old_term = signal.signal(signal.SIGTERM, self._on_sigint)
+        self.sm = StateMachine()
+        self.events.clear()
+        self.stop_reason, self.interrupted, self.abort, self.failure = "", False, False, None
+        self.stop_requested, self.pauses, self.paused_since = False, [], None
+        self.run_started, self.run_stopped = 0.0, 0.0
+        self.schedules, self.books, self._stalled_seen = {}, None, {}
+        for n in self.nodes.values():
+            n.counters, n.rates, n.info, n.eor, n._prev = {}, {}, {}, None, None
+            n.started = n.source_done = n.rejoining = n.said_ignored = n.configure_sent = False
+            n.errors, n.expect, n.past = [], {}, []
         log.info("run %s in %s", self.rundir.number, self.rundir.path)
+        if self.on_begin is not None:
+            self.on_begin(self.rundir)
+
+    def _conduct(self, launch: bool) -> dict:
+        main = threading.current_thread() is threading.main_thread()
+        if main:
+            old_int = signal.signal(signal.SIGINT, self._on_sigint)
+            old_term = signal.signal(signal.SIGTERM, self._on_sigint)
         try:
+            if launch:
+                self._launch()
+            else:
+                self._prepare_nodes()
             self._execute()
         except RunInterrupted as exc:
             log.warning("%s", exc)
@@ -171,12 +239,20 @@ class Coordinator:
             if self.sm.can("fault"):
                 self.sm.fire("fault", self.failure)
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
-            self._shutdown()
-            summary = self._record()
-            logging.getLogger().removeHandler(handler)
-            handler.close()
+            if main:
+                signal.signal(signal.SIGINT, old_int)
+                signal.signal(signal.SIGTERM, old_term)
+            if launch:
+                self._shutdown()
+            else:
+                self._settle()
+            try:
+                summary = self._record()
+            finally:
+                self.stats_file.close()
+                self.stats_file = self.stats_writer = None
+                logging.getLogger().removeHandler(self.log_handler)
+                self.log_handler.close()
         return summary
 
     # ---------------------------------------------------------------- phases
@@ -194,10 +270,12 @@ class Coordinator:
             log.warning("nodes on %s listen on network addresses without authentication: anyone on that "
                         "network can send them frames or commands (security: curve turns on authentication)", ", ".join(far))
 
-    def _execute(self) -> None:
+    def _launch(self) -> None:
+        """Context, control server, emulator and every node process, up to their registration."""
         self._check_launchable()
         known = set(self.nodes)
         curve = None
+        self.ctx = zmq.Context()
         if self.topo.security == "curve":
             try:
                 curve = Curve.load(self.topo.keys)
@@ -211,22 +289,68 @@ class Coordinator:
             self.watched = self.gatekeeper.handlers()
             for sock in self.watched:
                 self.poller.register(sock, zmq.POLLIN)
-        self.launcher = launcher = Launcher(self.topo.hosts, self.topo.keys if curve else None)
-        boards: dict[str, list] = {}
-        if self.topo.emulated_boards():
-            try:
-                self.emulator_proc, ports = start_emulator(self.topo, self.rundir.path,
-                                                           self.rundir.log_path, launcher)
-            except StartupFailure as exc:
-                raise StartupError(str(exc)) from None
-            boards = {b: board_address(self.topo, b, ports) for b in ports}
-            log.info("emulated boards: %s", ", ".join(f"{b} at {h}:{p}" for b, (h, p) in boards.items()))
+        self.launcher = Launcher(self.topo.hosts, self.topo.keys if curve else None)
+        self._start_emulator()
         for n in self.nodes.values():
-            n.proc = launcher.launch(n.name, n.role, n.host, self.ctl.endpoint, self.rundir.log_path)
-            n.pid = n.proc.pid if n.proc is not None else None
-        timeout = self.topo.run.start_timeout
-        self._wait(list(self.nodes.values()), lambda n: n.registered, timeout, "registration")
+            self._launch_node(n)
+        self._wait(list(self.nodes.values()), lambda n: n.registered, self.topo.run.start_timeout, "registration")
 
+    def _launch_node(self, n: NodeStatus) -> None:
+        n.proc = self.launcher.launch(n.name, n.role, n.host, self.ctl.endpoint, self.node_log)
+        n.pid = n.proc.pid if n.proc is not None else None
+
+    def _start_emulator(self) -> None:
+        settings = emulator_settings(self.topo) if self.topo.emulated_boards() else None
+        if settings == self.emulator_settings and (settings is None or self.emulator_proc.poll() is None):
+            return
+        if self.emulator_proc is not None:
+            log.info("emulator settings changed: restarting the board emulator")
+            terminate([self.emulator_proc], grace=2.0)
+            self.emulator_proc, self.boards = None, {}
+        self.emulator_settings = settings
+        if settings is None:
+            return
+        ready_dir = self.work_dir or self.rundir.path
+        (ready_dir / "emulator.json").unlink(missing_ok=True)
+        try:
+            self.emulator_proc, ports = start_emulator(self.topo, ready_dir, self.node_log, self.launcher)
+        except StartupFailure as exc:
+            self.emulator_settings = None
+            raise StartupError(str(exc)) from None
+        self.boards = {b: board_address(self.topo, b, ports) for b in ports}
+        log.info("emulated boards: %s", ", ".join(f"{b} at {h}:{p}" for b, (h, p) in self.boards.items()))
+
+    def _prepare_nodes(self) -> None:
+        """Before a run of a system: nodes lost since the last run are launched again, and the
+        emulator follows its settings."""
+        self._start_emulator()
+        gone = [n for n in self.nodes.values() if n.lost or n.state == "exited"]
+        for n in gone:
+            log.warning("%s is launched again (%s)", n.name, n.lost_reason or "it had left")
+            if n.proc is not None and n.proc.poll() is None:
+                terminate([n.proc], grace=1.0)
+            n.lost, n.lost_reason, n.registered, n.state, n.incarnation = False, "", False, "launching", None
+            self._launch_node(n)
+        self._wait(gone, lambda n: n.registered, self.topo.run.start_timeout, "registration")
+
+    def _settle(self) -> None:
+        """After a run of a system: a node that did not end the run (no end-of-run report) is
+        shut down, to be launched afresh for the next run; the others wait for it."""
+        stuck = [n for n in self.nodes.values() if n.configure_sent and n.eor is None and not n.lost]
+        for n in stuck:
+            self.ctl.send(n.name, "shutdown")
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and any(n.proc is not None and n.proc.poll() is None for n in stuck):
+            self.pump(0.05)
+        terminate([n.proc for n in stuck if n.proc is not None], grace=1.0)
+        for n in stuck:
+            n.lost, n.lost_reason = True, f"it did not end run {self.run_no}; launched again for the next run"
+            log.warning("%s: %s", n.name, n.lost_reason)
+
+    def _execute(self) -> None:
+        """Configure, start, run until a stop condition, drain (nodes registered)."""
+        timeout = self.topo.run.start_timeout
+        boards = self.boards
         resolved = self.topo.to_dict()
         base = {"run": self.rundir.number, "topology": resolved, "run_dir": str(self.rundir.path)}
         self.base = base
@@ -234,6 +358,7 @@ class Coordinator:
         procs = [self.nodes[p] for p in self.topo.processing_order()]
         self.schedules = self._initial_schedules()
         for n in acqs:
+            n.configure_sent = True
             self.ctl.send(n.name, "configure", **base, params={
                 "frames": self.topo.run.frames, "boards": boards,
                 "schedule": {s: d.to_dict() for s, d in self.schedules.items()}})
@@ -242,6 +367,7 @@ class Coordinator:
         for level in self.topo.processing_levels():   # a chain's next stage needs this one's endpoint
             group = [self.nodes[p] for p in level]
             for n in group:
+                n.configure_sent = True
                 self.ctl.send(n.name, "configure", **base, params={"endpoints": endpoints})
             self._wait(group, lambda n: bool(n.info), timeout, "configuration of processing nodes")
             endpoints.update({n.name: n.info["forward_endpoint"] for n in group if n.info.get("forward_endpoint")})
@@ -266,16 +392,65 @@ class Coordinator:
                 self.stop_reason = "fault"
             elif self.interrupted:
                 self.stop_reason = "interrupted"
+            elif self.stop_requested:
+                self.stop_reason = "stopped"
             elif all(n.source_done or n.lost for n in acqs):
                 self.stop_reason = "frames" if self.topo.run.frames else "sources ended"
-            elif duration is not None and time.monotonic() - self.run_started >= duration:
+            elif duration is not None and self.live_seconds() >= duration:
                 self.stop_reason = "duration"
+            elif self.until is not None and self.histogram_entries(self.until["histogram"]) >= self.until["entries"]:
+                self.stop_reason = f"histogram {self.until['histogram']} reached {self.until['entries']} entries"
+        if self.paused_since is not None:
+            self._end_pause()
+        self.run_stopped = time.monotonic()
         self.sm.fire("stop", self.stop_reason)
         log.info("stopping (%s)", self.stop_reason)
         self._drain(acqs, procs)
         self.sm.fire("drained")
         if self.failure:
             raise RunAborted(self.failure)
+
+    def live_seconds(self) -> float:
+        """Time the run has been acquiring: since its start, without its pauses."""
+        if not self.run_started:
+            return 0.0
+        now = self.run_stopped or time.monotonic()
+        paused = sum(p["seconds"] for p in self.pauses) + (now - self.paused_since if self.paused_since else 0.0)
+        return now - self.run_started - paused
+
+    def histogram_entries(self, name: str) -> int:
+        """Entries of histogram `name` so far, over every processing node (their stats)."""
+        return sum(int((n.counters.get("histograms") or {}).get(name, 0))
+                   for n in self.nodes.values() if n.role == "processing")
+
+    def _pause(self) -> None:
+        if not self.sm.can("pause"):
+            log.warning("pause refused: the run is %s", self.sm.state)
+            return
+        self.sm.fire("pause")
+        self.paused_since = time.monotonic()
+        for n in self.nodes.values():
+            if n.role == "acquisition" and not n.lost:
+                self.ctl.send(n.name, "pause")
+        log.warning("paused: no frames are acquired until resume")
+
+    def _resume(self) -> None:
+        if not self.sm.can("resume"):
+            log.warning("resume refused: the run is %s", self.sm.state)
+            return
+        self.sm.fire("resume")
+        for n in self.nodes.values():
+            if n.role == "acquisition" and not n.lost:
+                self.ctl.send(n.name, "resume")
+        seconds = self._end_pause()
+        log.warning("resumed after a pause of %.1f s", seconds)
+
+    def _end_pause(self) -> float:
+        now = time.monotonic()
+        seconds = now - self.paused_since
+        self.pauses.append({"start_s": round(self.paused_since - self.run_started, 3), "seconds": round(seconds, 3)})
+        self.paused_since = None
+        return seconds
 
     def _drain(self, acqs: list[NodeStatus], procs: list[NodeStatus]) -> None:
         """Stop sources, let frames in flight arrive, collect every node's end-of-run report.
@@ -375,7 +550,7 @@ class Coordinator:
         if self.sm.state == "running" and now >= self._next_balance:
             self._next_balance = now + REBALANCE_INTERVAL
             self._rebalance()
-        if now >= self._next_stats:
+        if now >= self._next_stats and self.stats_writer is not None:
             self._next_stats = now + STATS_INTERVAL
             self._write_stats()
         if self.display is not None:
@@ -406,6 +581,10 @@ class Coordinator:
             self._from_lost(n, msg)
             return
         n.last_seen = time.monotonic()
+        if t in RUN_MESSAGES and msg.get("run", self.run_no) != self.run_no:
+            if t == "error":
+                log.warning("%s (after its run %s): %s", n.name, msg.get("run"), msg["message"])
+            return      # of an earlier run of this system (a late answer)
         if t == "hello":
             if n.registered and msg["incarnation"] != n.incarnation:
                 log.warning("%s registered again as a new incarnation", n.name)
@@ -488,11 +667,23 @@ class Coordinator:
         log.warning("%s rejoined the run", n.name)
 
     def _on_event(self, event: str) -> None:
+        """Commands from Ctrl-C, the keyboard of the dashboard and the API (any thread)."""
         if event == "interrupt":
             if self.interrupted:
                 log.warning("second interrupt: aborting without drain")
                 self.abort = True
             self.interrupted = True
+        elif event == "stop":
+            self.stop_requested = True
+        elif event == "abort":
+            log.warning("abort: the run ends without waiting for frames in flight")
+            self.abort = True
+        elif event == "pause":
+            self._pause()
+        elif event == "resume":
+            self._resume()
+        elif event == "toggle_pause":
+            self._resume() if self.sm.state == "paused" else self._pause()
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         self.events.append("interrupt")
@@ -503,7 +694,7 @@ class Coordinator:
                 continue
             code = n.proc.poll() if n.proc is not None else None
             if code is not None:
-                tail = " | ".join(last_lines(self.rundir.log_path, 3, f" {n.name} "))
+                tail = " | ".join(last_lines(self.node_log or self.rundir.log_path, 3, f" {n.name} "))
                 self._lose(n, f"node {n.name!r} exited with status {code}"
                               + (f"; last log lines: {tail}" if tail else ""))
             elif n.state == "exited" and n.proc is None:
@@ -584,8 +775,8 @@ class Coordinator:
             self.ctl.close()
         if self.gatekeeper is not None:
             self.gatekeeper.close()
-        self.stats_file.close()
-        self.ctx.term()
+        if self.ctx is not None:
+            self.ctx.term()
 
     def _gather(self, files: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, dict]]:
         """Processing nodes' files: in place where this machine sees them (its own host or a
@@ -668,10 +859,17 @@ class Coordinator:
                                "configured": n.info, "report": n.eor, "counters": n.counters,
                                "past_incarnations": n.past}
                       for n in self.nodes.values()},
+            "pauses": {"count": len(self.pauses), "seconds": round(sum(p["seconds"] for p in self.pauses), 3),
+                       "intervals": self.pauses,
+                       "note": "no frames are acquired during a pause; seqs go on after it without a gap"},
+            "live_s": round(self.live_seconds(), 3),
             "parameters": {
-                "requested": {"topology": self.topo.to_dict(),
+                "requested": {"topology": self.topo.to_dict(), "overrides": self.overrides,
                               "options": {"frames": self.options.frames, "duration": self.options.duration,
-                                          "loopback": self.options.loopback}},
+                                          "loopback": self.options.loopback},
+                              "until": self.until},
+                "set_up_afresh": sorted(n.name for n in self.nodes.values()
+                                        if n.role == "acquisition" and n.info and not n.info.get("kept")),
                 "hardware": {n.name: n.info.get("hardware", {}) for n in self.nodes.values()
                              if n.role == "acquisition"},
                 "pipeline": {name: [s.stage for s in p.pipeline] for name, p in self.topo.processing.items()},

@@ -45,6 +45,8 @@ CONTROL_SCHEMA: dict[str, dict[str, Any]] = {
     "configure": {"run": int, "topology": dict, "run_dir": str, "params": dict},
     "start": {},
     "stop": {"reason": str},
+    "pause": {},
+    "resume": {},
     "end": {"expect": dict},
     "peer_lost": {"peer": str},
     "peer_back": {"peer": str, "from_seq": int},

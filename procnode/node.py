@@ -43,6 +43,10 @@ class ProcNode(NodeRuntime):
 
     def __init__(self, name: str, coordinator: str, keys: Path | None = None) -> None:
         super().__init__(name, coordinator, keys)
+        self.init_run()
+
+    def init_run(self) -> None:
+        """A processing node builds everything per run: its files and histograms are the run's."""
         self.upstream: dict[zmq.Socket, str] = {}
         self.pipeline: Any = None
         self.files: list[Path] = []
@@ -62,9 +66,11 @@ class ProcNode(NodeRuntime):
 
     # -- control ------------------------------------------------------------------------
     def on_configure(self, msg: dict) -> None:
-        if self.state != "idle":
+        if self.state in ("configured", "running", "ending") and self.run_no == msg["run"]:
             self.fail(f"{self.name}: configure while {self.state}")
             return
+        if self.new_run():
+            self.init_run()
         topo = topology_from_dict(msg["topology"], source="configure message")
         self.topo = topo
         self.cfg = topo.processing[self.name]
@@ -413,15 +419,21 @@ class ProcNode(NodeRuntime):
                "saved": sum(r.count() for r in saved.values()), "rejected": self.rejected}
         if self.builders:
             out["pending_events"] = sum(b.pending() for b in self.builders.values())
+        if self.pipeline is not None:      # entries so far: a run may stop on a histogram's count
+            out["histograms"] = {s.name: s.entries for s in self.pipeline.stages if getattr(s, "kind", "") == "histogram"}
         return out
 
-    def close(self) -> None:
+    def close_run(self) -> None:
         if self.pipeline is not None and self.eor is None:   # ended early: files still open
             self.pipeline.close()
         for sock in self.upstream:
+            self.unregister(sock)
             sock.close(linger=0)
         if self.forward_sock is not None:
-            self.forward_sock.close(linger=0)
+            self.close_server(self.forward_sock)
+
+    def close(self) -> None:
+        self.close_run()
 
 
 def _events_seqs(payload: list | None, n: int, first: int, last: int,

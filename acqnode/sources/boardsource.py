@@ -37,6 +37,10 @@ class BoardSession:
     def __init__(self, link: BoardLink, where: str) -> None:
         self.link = link
         self.where = where
+        self.new_run()
+
+    def new_run(self) -> None:
+        """Counters and outages are per run (the connection is kept between runs)."""
         self.t0 = time.monotonic()
         self.triggers = 0
         self.live_seconds = 0.0          # time the board was answering (for the rate estimate)

@@ -75,6 +75,9 @@ class McphaFrames:
     def set_epoch(self, epoch_ns: int) -> None:
         self.t0_ns = monotonic_origin(epoch_ns)
 
+    def new_run(self) -> None:
+        self.session.new_run()
+
     def pace(self, seq: int) -> float:
         return 0.0
 

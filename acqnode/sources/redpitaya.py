@@ -178,6 +178,15 @@ class RedPitayaFrames:
     def set_epoch(self, epoch_ns: int) -> None:
         self.t0_ns = monotonic_origin(epoch_ns)
 
+    def new_run(self) -> None:
+        """The next run of the same settings: the board stays configured; re-armed on read."""
+        self.session.new_run()
+        self.armed = False
+
+    def resumed(self) -> None:
+        """After a pause: a frame the board captured while paused is not taken (re-armed)."""
+        self.armed = False
+
     def pace(self, seq: int) -> float:
         return 0.0
 
