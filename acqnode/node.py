@@ -22,14 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import numpy as np
 import zmq
 
 from acqnode.ring import Ring
 from acqnode.shipper import Shipper
-from coordinator.noderuntime import NodeRuntime
+from coordinator.noderuntime import TAP_RATE, NodeRuntime
 from coordinator.dispatch import DispatchSchedule
 from coordinator.procutil import resident_bytes, set_pdeathsig
 from coordinator.ranges import RangeSet
+from coordinator.units import source_axis
 from coordinator.topology import topology_from_dict
 from coordinator.wire import DATA_SOCKET_BUFFER
 
@@ -112,8 +114,21 @@ class AcqNode(NodeRuntime):
             self.reader_deadline = time.monotonic() + READER_START_TIMEOUT
         else:
             self._start_reader(msg)
+        # a tap is plain (no CURVE): with security on it is served on loopback only (ssh -L to see it)
+        tap = self.open_tap("127.0.0.1" if topo.security == "curve" else topo.host_address(cfg.host))
+        axis = source_axis(cfg.source, stream.samples, stream.dtype.fields[next(iter(stream.channels))][0].base)
+        trigger = getattr(cfg.source, "trigger", None)
+        level = getattr(trigger, "level", None)
+        if cfg.source.kind == "mcpha" and level is not None:
+            level = level * axis.scale             # MCPHA trigger levels are ADC counts
+        self.tap_meta = {"sample_ns": axis.sample_ns, "pretrigger": round(-axis.t0_ns / axis.sample_ns),
+                         "volts_per_count": {ch: (axis.scale if axis.unit == "V" and np.dtype(t).kind != "f" else None)
+                                             for ch, t in stream.channels.items()},
+                         "trigger_level": level, "trigger_channel": getattr(trigger, "source", None)}
+        self.stream_name = stream.name
+        self.every(1.0 / TAP_RATE, self._tap_frame)
         self.state = "configuring"
-        self.configured_info = {"endpoint": self.endpoint, "ring": self.ring.name, "slots": cfg.ring.slots,
+        self.configured_info = {"endpoint": self.endpoint, "tap": tap, "ring": self.ring.name, "slots": cfg.ring.slots,
                                 "reader_pid": self.reader.pid, "itemsize": stream.dtype.itemsize,
                                 "kept": reuse}
 
@@ -242,6 +257,13 @@ class AcqNode(NodeRuntime):
             elif t == "error":
                 self.errors.append(msg["message"])
                 self.fail(f"{self.name}: {msg['message']}", fatal=bool(msg.get("fatal", False)))
+
+    def _tap_frame(self) -> None:
+        """The newest frame to the tap (a copy of one record, TAP_RATE times a second)."""
+        if self.state in ("running", "draining") and self.ring is not None:
+            rec = self.ring.latest()
+            if rec is not None:
+                self.tap.publish_frame(self.stream_name, self.name, rec, self.tap_meta)
 
     def _on_filled(self) -> None:
         self.ring.drain_doorbell()

@@ -162,11 +162,12 @@ class System:
     def prepare(self, overrides: Mapping[str, Any] | None = None, *, frames: int | None = None,
                 duration: float | None = None, source: str = "overrides",
                 lines: Mapping[str, int] | None = None) -> Topology:
-        """The topology a run with these changes would have (checked; raises TopologyError)."""
+        """The topology a run with these changes would have (checked; raises TopologyError).
+        `frames`/`duration` replace the topology's stop conditions; 0 removes one."""
         topo = apply_overrides(self.topology, dict(overrides or {}), source, lines)
         if frames is not None or duration is not None:
-            topo = topo.replace_run(frames=frames if frames is not None else topo.run.frames,
-                                    duration=duration if duration is not None else topo.run.duration)
+            topo = topo.replace_run(frames=topo.run.frames if frames is None else (frames or None),
+                                    duration=topo.run.duration if duration is None else (duration or None))
         return topo
 
     def start(self, overrides: Mapping[str, Any] | None = None, *, frames: int | None = None,

@@ -107,6 +107,19 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     sys.exit(summary["exit_code"])
 
 
+@main.command()
+@click.argument("target")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Local port of the page (0: any free one).")
+@click.option("--open/--no-open", "open_browser", default=False, help="Open the page in a browser.")
+def view(target: str, port: int, open_browser: bool) -> None:
+    """Live oscilloscope and histograms of a run in progress: TARGET is its run directory (or
+    tap endpoints tcp://HOST:PORT,...); serves a page on http://127.0.0.1:PORT/."""
+    from coordinator.viewer import main as serve
+
+    sys.exit(serve(target, port, open_browser))
+
+
 @main.group()
 def keys() -> None:
     """Keys of runs with `security: curve`."""

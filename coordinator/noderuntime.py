@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 0.5   # seconds between heartbeats/stats, both ways
 PRE_CONFIGURE_TIMEOUT = 10.0
+TAP_RATE = 10.0            # frames (and histogram sets) per second at most on a node's tap
 
 
 def inject_fault(point: str, node: str) -> None:
@@ -106,6 +107,7 @@ class NodeRuntime:
         self.run_dir: Path | None = None
         self.run_no = 0
         self.eor: dict | None = None
+        self.tap: Any = None
         self.every(HEARTBEAT_INTERVAL, self._send_stats, run_scoped=False)
 
     # -- plumbing for subclasses ----------------------------------------------------
@@ -145,6 +147,13 @@ class NodeRuntime:
             if mon is not None:
                 self.unregister(mon)
         sock.close(linger=0)
+
+    def open_tap(self, address: str) -> str:
+        """The node's observation tap (coordinator/tap.py), bound once; its endpoint."""
+        if self.tap is None:
+            from coordinator.tap import TapPublisher
+            self.tap = TapPublisher(self.ctx, address, max_rate=TAP_RATE)
+        return self.tap.endpoint
 
     def every(self, interval: float, fn: Callable[[], None], run_scoped: bool = True) -> None:
         """A timer; a run's timers end with the run (`new_run`)."""
@@ -273,6 +282,8 @@ class NodeRuntime:
                 self.close()
             finally:
                 self.send("bye")
+                if self.tap is not None:
+                    self.tap.close()
                 self.control.close(linger=500)
                 if self.gatekeeper is not None:
                     self.gatekeeper.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -242,6 +243,7 @@ class Coordinator:
             if main:
                 signal.signal(signal.SIGINT, old_int)
                 signal.signal(signal.SIGTERM, old_term)
+            (self.rundir.path / "live.json").unlink(missing_ok=True)
             if launch:
                 self._shutdown()
             else:
@@ -372,6 +374,7 @@ class Coordinator:
             self._wait(group, lambda n: bool(n.info), timeout, "configuration of processing nodes")
             endpoints.update({n.name: n.info["forward_endpoint"] for n in group if n.info.get("forward_endpoint")})
         self.endpoints = endpoints
+        self._write_live()
         self.sm.fire("configure")
 
         epoch_ns = self.epoch_ns = time.time_ns()   # the run's time zero: board timestamps count from it
@@ -409,6 +412,16 @@ class Coordinator:
         self.sm.fire("drained")
         if self.failure:
             raise RunAborted(self.failure)
+
+    def _write_live(self) -> None:
+        """live.json: where the nodes' taps are, for `daq-coordinator view RUN_DIR` (removed at the end)."""
+        taps = {n.name: n.info["tap"] for n in self.nodes.values() if n.info.get("tap")}
+        try:
+            tmp = self.rundir.path / "live.json.tmp"
+            tmp.write_text(json.dumps({"run": self.run_no, "name": self.topo.name, "taps": taps}))
+            tmp.replace(self.rundir.path / "live.json")
+        except OSError as exc:
+            log.warning("live.json not written (no live view of this run): %s", exc)
 
     def live_seconds(self) -> float:
         """Time the run has been acquiring: since its start, without its pauses."""

@@ -112,6 +112,8 @@ class ProcNode(NodeRuntime):
             self.owed[sock] = 0
             self.register(sock, lambda s=sock: self._on_data(s))
         self.every(0.25, self._poll_stages)
+        info["tap"] = self.open_tap("127.0.0.1" if topo.security == "curve" else topo.host_address(self.cfg.host))
+        self.every(0.5, self._tap_histograms)
         if self.builders:
             self.every(EXPIRE_INTERVAL, self._expire)
         self.state = "configured"
@@ -349,6 +351,16 @@ class ProcNode(NodeRuntime):
     def _poll_stages(self) -> None:
         if self.pipeline is not None and self.eor is None:   # after the end of run the files are closed
             self.pipeline.poll()
+
+    def _tap_histograms(self) -> None:
+        """The histograms so far to the tap, twice a second."""
+        if self.pipeline is None or self.eor is not None:
+            return
+        hists = [{"name": h.name, "field": h.field, "unit": h.unit, "edges": h.edges, "counts": h.counts,
+                  "underflow": h.under, "overflow": h.over, "entries": h.entries}
+                 for h in self.pipeline.stages if getattr(h, "kind", "") == "histogram"]
+        if hists:
+            self.tap.publish_histograms(self.name, hists)
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -378,11 +378,11 @@ def chromium(url: str, profile: Path, *args: str) -> bytes:
     return out
 
 
-def trace_pixels(png: Path) -> int:
-    """Pixels within a small tolerance of the first trace's colour #1f77b4."""
+def trace_pixels(png: Path, colour=TRACE_RGB) -> int:
+    """Pixels within a small tolerance of a trace's colour (default: the first's, #1f77b4)."""
     img = matplotlib.image.imread(str(png))
     rgb = np.round(img[..., :3] * 255).astype(int)
-    return int(np.count_nonzero(np.all(np.abs(rgb - TRACE_RGB) <= 12, axis=-1)))
+    return int(np.count_nonzero(np.all(np.abs(rgb - np.asarray(colour)) <= 12, axis=-1)))
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")

@@ -47,7 +47,8 @@ class HistogramStage(Stage):
         self.under = self.over = self.entries = 0
         self.match = ChannelMatch(params.get("channel"), ctx)
         self.interval = float(params.get("update_interval", 1.0))
-        self.writer = ctx.open_file().add(HistogramWriter, self.name, self.field, self.edges, _unit(self.field, ctx))
+        self.unit = _unit(self.field, ctx)
+        self.writer = ctx.open_file().add(HistogramWriter, self.name, self.field, self.edges, self.unit)
         self.next_update = time.monotonic() + self.interval
         self.dirty = False
 
