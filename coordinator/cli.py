@@ -108,6 +108,47 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
 
 
 @main.command()
+@click.argument("plan", type=click.Path(dir_okay=False))
+@click.option("--loopback", is_flag=True, help="Run every host's nodes on this machine.")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Parent folder of the run directories.")
+@click.option("--restart", is_flag=True, help="Do every run again (forget the progress of an earlier try).")
+@click.option("--json", "as_json", is_flag=True, help="Print the batch's rows as JSON.")
+def batch(plan: str, loopback: bool, run_dir: str | None, restart: bool, as_json: bool) -> None:
+    """Run the acquisitions listed in PLAN (a batch file) on one system; resumable: a second
+    try does only the runs not done yet.  Exit 0 when every run completed."""
+    from coordinator.api import System, SystemError
+    from coordinator.batch import Progress, check_plan, execute, load_plan
+    from coordinator.dashboard import batch_table
+
+    try:
+        p = load_plan(plan)
+        topo = load_topology(p.topology)
+        system = System(topo, loopback=loopback, run_dir=Path(run_dir) if run_dir else None)
+        check_plan(p, system.prepare)
+    except TopologyError as exc:
+        click.echo(f"invalid batch ({len(exc.problems)} problem{'s' * (len(exc.problems) != 1)}):", err=True)
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_INVALID)
+    console = Console(stderr=True)
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    progress = Progress(system.topology.run.directory / p.progress_name, restart)
+    try:
+        with system:
+            rows, interrupted = execute(p, system, progress, lambda m: console.print(m, highlight=False))
+    except SystemError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(rows, default=str))
+    else:
+        Console().print(batch_table(rows, p.path.name))
+    sys.exit(130 if interrupted else 0 if all(r["result"] == "completed" for r in rows) else 1)
+
+
+@main.command()
 @click.argument("target")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Local port of the page (0: any free one).")

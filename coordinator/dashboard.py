@@ -389,3 +389,21 @@ def summary_table(summary: dict) -> Group:
     if summary.get("message"):
         lines.append(Text(summary["message"], style="bold red"))
     return Group(*lines)
+
+
+def batch_table(rows: list[dict], title: str) -> Table:
+    """The end of a batch: one row per run, what it changed, how it ended, its trigger rate."""
+    t = Table(title=f"batch {title}: {sum(r['result'] == 'completed' for r in rows)} of {len(rows)} runs completed")
+    for name, justify in (("run", "right"), ("name", "left"), ("changes", "left"), ("result", "left"),
+                          ("stopped by", "left"), ("saved", "right"), ("missing", "right"),
+                          ("live s", "right"), ("rate /s", "right")):
+        t.add_column(name, justify=justify)
+    for r in rows:
+        changes = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in (r.get("overrides") or {}).items())
+        style = None if r["result"] == "completed" else "yellow" if r["result"] in ("degraded", "interrupted") \
+            else "bold red"
+        t.add_row(str(r.get("run") or "-"), f"{r['name']} #{r['repeat']}" + (" (before)" if r.get("skipped") else ""),
+                  changes or "-", r["result"] or "-", r.get("stop_reason") or "-", f"{r.get('saved', 0):,}",
+                  f"{r.get('missing', 0):,}", f"{r.get('live_s') or 0:.1f}",
+                  "-" if r.get("rate_hz") is None else f"{r['rate_hz']:.1f}", style=style)
+    return t
