@@ -236,6 +236,7 @@ class Reader:
         hardware); `drop` reads into a scratch record and records the frame as ring_overrun.
         """
         limit = self.frames_limit if self.frames_limit is not None else np.iinfo(np.int64).max
+        limit = min(limit, getattr(self.source, "total_seqs", limit))    # a replay ends with its run
         batch = self.batch_size()
         scratch = np.zeros(1, self.stream.dtype)
         session = getattr(self.source, "session", None)    # a board's link: outages to report

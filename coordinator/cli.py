@@ -78,10 +78,18 @@ def validate(topology: str) -> None:
 def run(topology: str, loopback: bool, frames: int | None, duration: float | None,
         run_dir: str | None, as_json: bool) -> None:
     """Run one acquisition of TOPOLOGY; exit 0 when it ended as asked."""
-    from coordinator.dashboard import LiveDisplay, PlainLines, summary_table
-    from coordinator.session import Coordinator, RunOptions
+    from coordinator.session import RunOptions
 
-    topo = _load_or_exit(topology)
+    options = RunOptions(frames=frames, duration=duration,
+                         run_dir=Path(run_dir) if run_dir else None, loopback=loopback)
+    _run_once(_load_or_exit(topology), options, as_json)
+
+
+def _run_once(topo: Topology, options: object, as_json: bool) -> None:
+    """One run with the live display (or JSON), its summary, exit with its code."""
+    from coordinator.dashboard import LiveDisplay, PlainLines, summary_table
+    from coordinator.session import Coordinator
+
     console = Console(stderr=True)
     # --json: no display at all; stderr a terminal: the live view; else (batch jobs, logs
     # redirected): a plain line per node every few seconds
@@ -92,8 +100,6 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(message)s" if live else "%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    options = RunOptions(frames=frames, duration=duration,
-                         run_dir=Path(run_dir) if run_dir else None, loopback=loopback)
     coord = Coordinator(topo, options, display)
     try:
         summary = coord.run()
@@ -105,6 +111,27 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     else:
         Console().print(summary_table(summary))
     sys.exit(summary["exit_code"])
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--pipeline", type=click.Path(dir_okay=False, exists=True),
+              help="Pipeline file: `pipeline: [stages]` for every processing node, or a `processing:` section.")
+@click.option("--run-dir", "into", type=click.Path(file_okay=False),
+              help="Parent folder of the new run directory (default: the topology's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, no live display.")
+def process(run_dir: str, pipeline: str | None, into: str | None, as_json: bool) -> None:
+    """Run a pipeline over the finished run RUN_DIR (its frames replayed from its files): the
+    outputs on-line processing would have made, in a new run directory."""
+    from coordinator.later import processing_topology
+    from coordinator.session import RunOptions
+
+    try:
+        topo = processing_topology(Path(run_dir), Path(pipeline) if pipeline else None)
+    except TopologyError as exc:
+        click.echo(f"cannot process {run_dir}:\n{exc}", err=True)
+        sys.exit(EXIT_INVALID)
+    _run_once(topo, RunOptions(run_dir=Path(into) if into else None), as_json)
 
 
 @main.command()

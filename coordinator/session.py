@@ -36,7 +36,8 @@ from coordinator.record import keep_record, salvage
 from coordinator.security import Curve, Gatekeeper, SecurityError
 from coordinator.rundir import MASTER_FILE, RunDirectory, last_lines, versions
 from coordinator.statemachine import StateMachine
-from coordinator.topology import Topology
+from coordinator.later import raw_only
+from coordinator.topology import Topology, TopologyError
 
 log = logging.getLogger("coordinator")
 
@@ -188,7 +189,8 @@ class Coordinator:
         """A run directory with its log, topology, picture and stats; the run's state afresh."""
         self.rundir = RunDirectory.create(self.topo.run.directory, self.topo.name)
         self.run_no = self.rundir.number
-        self.rundir.write_topology(self.topo.to_dict())
+        self.requested = self.topo.to_dict()
+        self.rundir.write_topology(self.requested)
         handler = logging.FileHandler(self.rundir.log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s coordinator %(levelname)s %(message)s"))
         logging.getLogger().addHandler(handler)
@@ -351,6 +353,11 @@ class Coordinator:
 
     def _execute(self) -> None:
         """Configure, start, run until a stop condition, drain (nodes registered)."""
+        if self.topo.run.process == "later":      # raw frames only; `daq-coordinator process` later
+            try:
+                self.topo = raw_only(self.topo)
+            except TopologyError as exc:
+                raise StartupError(str(exc)) from None
         timeout = self.topo.run.start_timeout
         boards = self.boards
         resolved = self.topo.to_dict()
@@ -877,7 +884,7 @@ class Coordinator:
                        "note": "no frames are acquired during a pause; seqs go on after it without a gap"},
             "live_s": round(self.live_seconds(), 3),
             "parameters": {
-                "requested": {"topology": self.topo.to_dict(), "overrides": self.overrides,
+                "requested": {"topology": self.requested, "overrides": self.overrides,
                               "options": {"frames": self.options.frames, "duration": self.options.duration,
                                           "loopback": self.options.loopback},
                               "until": self.until},

@@ -54,6 +54,8 @@ def _pretrigger(source: Any, samples: int) -> int:
 
 def source_axis(source: Any, samples: int, dtype: np.dtype) -> Axis:
     """The axis of a channel of `dtype` made by `source` (a topology source config)."""
+    if source.kind == "replay":           # frames read back keep the axes they were taken with
+        return source_axis(source.original, samples, dtype)
     floating = np.dtype(dtype).kind == "f"
     kind = source.kind
     if kind in ("redpitaya", "mcpha"):

@@ -7,6 +7,7 @@ serves simulated sources (which must pretend to be real time) and hardware
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -65,6 +66,10 @@ def make_source(config: SourceConfig, stream: StreamConfig, node: str = "",
         from acqnode.sources.mcpha import McphaFrames
 
         return McphaFrames(config, stream, node, board)
+    if kind == "replay":
+        from acqnode.sources.replay import ReplaySource
+
+        return ReplaySource(Path(config.run), stream, node)
     if kind == "synthetic":
         from acqnode.sources.synthetic import SyntheticPulses
 
@@ -73,4 +78,4 @@ def make_source(config: SourceConfig, stream: StreamConfig, node: str = "",
         from acqnode.sources.pattern import PatternFrames
 
         return PatternFrames(config, stream)
-    raise ValueError(f"unknown source kind {kind!r} (known: synthetic, pattern, redpitaya, mcpha)")
+    raise ValueError(f"unknown source kind {kind!r} (known: synthetic, pattern, redpitaya, mcpha, replay)")

@@ -50,6 +50,7 @@ from coordinator.topology.model import (
     EmulatorSettings,
     EventBuilding,
     McphaSource,
+    ReplaySource,
     McphaTrigger,
     RedPitayaSource,
     ScpiTrigger,
@@ -151,6 +152,7 @@ RUN = Schema({
     "drain_timeout": Field(POSITIVE),
     "start_timeout": Field(POSITIVE),
     "plots": Field(boolean()),
+    "process": Field(one_of("online", "later")),
 }, _model(RunConfig))
 
 CONTROL = Schema({
@@ -257,6 +259,12 @@ MCPHA = Schema({
 #: Source kinds: kind -> schema (replay joins here).
 SOURCES: dict[str, Schema] = {"synthetic": SYNTHETIC, "pattern": PATTERN,
                               "redpitaya": REDPITAYA, "mcpha": MCPHA}
+
+REPLAY = Schema({
+    "run": Field(text(noun="the run directory to replay"), required=True),
+    "original": Field(Variant("kind", SOURCES, "source kind"), required=True),
+}, _model(ReplaySource))
+SOURCES["replay"] = REPLAY
 
 EMULATOR_SETTINGS = Schema({
     "rate": Field(POSITIVE),

@@ -135,7 +135,16 @@ class McphaSource:
     link: BoardLink = field(default_factory=BoardLink)
 
 
-SourceConfig = Union[SyntheticSource, PatternSource, RedPitayaSource, McphaSource]
+@dataclass(frozen=True)
+class ReplaySource:
+    """The frames of a finished run, read back from its files (`daq-coordinator process`)."""
+
+    kind: Literal["replay"] = "replay"
+    run: str = ""                      # the run directory
+    original: Any = None               # the source that acquired them (their axes and units)
+
+
+SourceConfig = Union[SyntheticSource, PatternSource, RedPitayaSource, McphaSource, ReplaySource]
 
 
 @dataclass(frozen=True)
@@ -242,6 +251,7 @@ class RunConfig:
     drain_timeout: float = 5.0         # time allowed after stop for frames in flight
     start_timeout: float = 20.0        # time allowed for nodes to register and configure
     plots: bool = True                 # PNG plots of the histograms and a few waveforms at the end
+    process: Literal["online", "later"] = "online"   # later: save raw frames only (daq-coordinator process)
 
 
 @dataclass(frozen=True)
