@@ -339,6 +339,7 @@ class AcqNode(NodeRuntime):
     def close(self) -> None:
         self.close_run()
         self.close_setup()
+        self.close_tap()
 
     def close_setup(self) -> None:
         if self.reader is not None:

@@ -155,6 +155,12 @@ class NodeRuntime:
             self.tap = TapPublisher(self.ctx, address, max_rate=TAP_RATE)
         return self.tap.endpoint
 
+    def close_tap(self) -> None:
+        """Part of every node's `close`: an open socket would block the context's term."""
+        if self.tap is not None:
+            self.tap.close()
+            self.tap = None
+
     def every(self, interval: float, fn: Callable[[], None], run_scoped: bool = True) -> None:
         """A timer; a run's timers end with the run (`new_run`)."""
         self._timers.append([time.monotonic() + interval, interval, fn, run_scoped])
@@ -282,8 +288,6 @@ class NodeRuntime:
                 self.close()
             finally:
                 self.send("bye")
-                if self.tap is not None:
-                    self.tap.close()
                 self.control.close(linger=500)
                 if self.gatekeeper is not None:
                     self.gatekeeper.close()

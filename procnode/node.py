@@ -446,6 +446,7 @@ class ProcNode(NodeRuntime):
 
     def close(self) -> None:
         self.close_run()
+        self.close_tap()
 
 
 def _events_seqs(payload: list | None, n: int, first: int, last: int,
