@@ -217,8 +217,8 @@ def execute(plan: Plan, system: Any, progress: Progress, say: Callable[[str], No
     if len(todo) < len(plan.runs):
         say(f"resuming: {len(plan.runs) - len(todo)} of {len(plan.runs)} runs done before")
     for k, planned in enumerate(todo, 1):
-        label = f"{planned.name}" + (f" #{planned.repeat}" if planned.repeat > 1 or
-                                    any(p.index == planned.index and p.repeat > 1 for p in plan.runs) else "")
+        repeated = sum(p.index == planned.index for p in plan.runs) > 1
+        label = planned.name + (f" #{planned.repeat}" if repeated else "")
         try:
             run = system.start(planned.overrides, frames=planned.frames, duration=planned.duration,
                                until=planned.until)

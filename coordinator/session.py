@@ -601,7 +601,7 @@ class Coordinator:
             self._from_lost(n, msg)
             return
         n.last_seen = time.monotonic()
-        if t in RUN_MESSAGES and msg.get("run", self.run_no) != self.run_no:
+        if t in RUN_MESSAGES and msg.get("run", 0) not in (0, self.run_no):    # 0: not configured yet
             if t == "error":
                 log.warning("%s (after its run %s): %s", n.name, msg.get("run"), msg["message"])
             return      # of an earlier run of this system (a late answer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -257,3 +258,26 @@ def books_by_seq(summary: dict) -> dict[str, dict[str, np.ndarray]]:
         assert np.array_equal(every, np.arange(info["produced"])), (m, {c: len(v) for c, v in books[m].items()},
                                                                     info["produced"])
     return books
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
+
+
+def chromium(url: str, profile: Path, *args: str) -> bytes:
+    """Run headless Chromium on `url` (JS runs for 3 s of virtual time); its stdout.
+    Its whole process group goes if it hangs."""
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--window-size=1200,900", "--virtual-time-budget=3000", *args, url]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)       # helpers (zygote, gpu) left behind, if any
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+    return out

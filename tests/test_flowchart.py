@@ -1,23 +1,19 @@
 """data_flow.svg (coordinator/flowchart.py): well-formed, complete, boxes apart, renders in a browser."""
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from conftest import write_topology
+from conftest import chromium, needs_chromium, write_topology
 from coordinator.flowchart import write_data_flow
 from coordinator.topology import Topology, load_topology
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 SVG = "{http://www.w3.org/2000/svg}"
-CHROMIUM = Path("/usr/bin/chromium")
 EXAMPLES = sorted((ROOT / "topologies").glob("*.yaml")) + sorted((HERE / "topologies" / "good").glob("*.yaml"))
 
 #: Two hosts, a partial stream whose modules go to different front nodes, a three-level chain
@@ -158,24 +154,7 @@ def test_chain_and_hosts(tmp_path: Path) -> None:
     assert not any(overlap(a, b) for i, a in enumerate(areas) for b in areas[i + 1:])
 
 
-def screenshot(svg: Path, png: Path, profile: Path) -> None:
-    """Headless Chromium's picture of `svg`; its whole process group goes if it hangs."""
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1200,800", svg.as_uri()]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        proc.wait(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)       # helpers (zygote, gpu) left behind, if any
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
+@needs_chromium
 def test_renders_in_chromium(tmp_path: Path) -> None:
     topo = load_topology(write_topology(tmp_path, CHAIN))
     svg = write_data_flow(topo, tmp_path)
@@ -185,7 +164,7 @@ def test_renders_in_chromium(tmp_path: Path) -> None:
     shots = []
     for name, source in (("flow", svg), ("empty", empty)):
         png = tmp_path / f"{name}.png"
-        screenshot(source, png, tmp_path / f"profile-{name}")
+        chromium(source.as_uri(), tmp_path / f"profile-{name}", f"--screenshot={png}")
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         shots.append(png.read_bytes())
     flow, blank = shots

@@ -220,8 +220,8 @@ def test_make_source_dispatches_and_rejects_unknown_kind():
     assert isinstance(src, SyntheticPulses) and isinstance(src, Source)
     src.close()
     assert len(src.frames(0, 3)) == 3  # still usable after close
-    with pytest.raises(ValueError, match="replay"):
-        make_source(dataclasses.replace(SyntheticSource(), kind="replay"), stream())
+    with pytest.raises(ValueError, match="unknown source kind 'tape'"):    # (replay is a kind now)
+        make_source(dataclasses.replace(SyntheticSource(), kind="tape"), stream())
 
 
 @pytest.mark.parametrize("bad", [

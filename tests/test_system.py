@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, node_processes, ring_segments, write_topology
+from conftest import chromium, free_port, needs_chromium, node_processes, ring_segments, write_topology
 from coordinator.api import System
 
-CHROMIUM = Path("/usr/bin/chromium")
 TRACES = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)]   # the page's first four
 from coordinator.topology import TopologyError
 
@@ -138,12 +137,11 @@ def test_pause_resume_and_stop_on_histogram(topo_path: Path, clean_system) -> No
     assert hist["result"] == "completed" and hist["live_s"] < 60
 
 
+@needs_chromium
 def test_live_view_shows_a_waveform(topo_path: Path, tmp_path: Path, clean_system) -> None:
     """`daq-coordinator view RUN_DIR` on a run in progress: the page in headless Chromium draws
     the boards' waveforms (the first trace's colour) and the spectrum's canvas."""
-    if not CHROMIUM.exists():
-        pytest.skip("needs /usr/bin/chromium (apt-get install chromium)")
-    from test_view import chromium, trace_pixels
+    from test_view import trace_pixels
     with System(topo_path) as system:
         run = system.start(frames=0, duration=60.0)
         live = run.directory / "live.json"
@@ -158,7 +156,7 @@ def test_live_view_shows_a_waveform(topo_path: Path, tmp_path: Path, clean_syste
             line = view.stderr.readline()
             url = line.split(": ", 1)[1].split()[0]
             png = tmp_path / "view.png"
-            png.write_bytes(chromium(url, tmp_path / "profile", "--screenshot=" + str(png)) or png.read_bytes())
+            chromium(url, tmp_path / "profile", f"--screenshot={png}")
             dom = chromium(url, tmp_path / "profile2", "--dump-dom").decode()
         finally:
             view.send_signal(signal.SIGTERM)

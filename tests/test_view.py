@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -17,11 +14,11 @@ import numpy as np
 import pytest
 import zmq
 
+from conftest import chromium, needs_chromium
 from coordinator.frames import frame_dtype
 from coordinator.tap import TapFormatError, TapPublisher, TapReader, decode, encode_frame, encode_histograms
 from coordinator.viewer import LiveState, ViewError, ViewServer, find_taps, main
 
-CHROMIUM = Path("/usr/bin/chromium")
 VPC = 1 / 8192                      # volts per count of a STEMlab 125-14 (LV)
 PRE = 128
 META = {"sample_ns": 8.0, "pretrigger": PRE, "volts_per_count": {"IN1": VPC, "IN2": VPC},
@@ -359,25 +356,6 @@ def test_view_server_close_without_start() -> None:
 
 # -- the page in a browser --------------------------------------------------------------------
 
-def chromium(url: str, profile: Path, *args: str) -> bytes:
-    """Run headless Chromium on `url` (JS runs for 3 s of virtual time); its stdout.
-    Its whole process group goes if it hangs."""
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--window-size=1200,900", "--virtual-time-budget=3000", *args, url]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)       # helpers (zygote, gpu) left behind, if any
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-    return out
-
-
 def trace_pixels(png: Path, colour=TRACE_RGB) -> int:
     """Pixels within a small tolerance of a trace's colour (default: the first's, #1f77b4)."""
     img = matplotlib.image.imread(str(png))
@@ -385,7 +363,7 @@ def trace_pixels(png: Path, colour=TRACE_RGB) -> int:
     return int(np.count_nonzero(np.all(np.abs(rgb - np.asarray(colour)) <= 12, axis=-1)))
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium (apt-get install chromium)")
+@needs_chromium
 def test_page_draws_in_chromium(ctx, tmp_path: Path) -> None:
     pub = TapPublisher(ctx, "127.0.0.1", max_rate=1000)
     server = ViewServer([pub.endpoint], refresh=0.2).start()
