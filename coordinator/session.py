@@ -308,7 +308,7 @@ class Coordinator:
         if settings == self.emulator_settings and (settings is None or self.emulator_proc.poll() is None):
             return
         if self.emulator_proc is not None:
-            log.info("emulator settings changed: restarting the board emulator")
+            log.info("starting the board emulator again (its settings changed, or it had ended)")
             terminate([self.emulator_proc], grace=2.0)
             self.emulator_proc, self.boards = None, {}
         self.emulator_settings = settings
