@@ -117,6 +117,15 @@ class System:
         self._work_dir: Path | None = None
         self._relay: LogRelay | None = None
 
+    @property
+    def display(self) -> Any:
+        """What shows each run (`LiveDisplay`, `PlainLines` or None); set it before `open()`."""
+        return self._coordinator.display
+
+    @display.setter
+    def display(self, value: Any) -> None:
+        self._coordinator.display = value
+
     # -- life ----------------------------------------------------------------------------
     def open(self) -> "System":
         """Launch the nodes (and the board emulator); returns when every node has registered."""

@@ -85,21 +85,28 @@ def run(topology: str, loopback: bool, frames: int | None, duration: float | Non
     _run_once(_load_or_exit(topology), options, as_json)
 
 
-def _run_once(topo: Topology, options: object, as_json: bool) -> None:
-    """One run with the live display (or JSON), its summary, exit with its code."""
-    from coordinator.dashboard import LiveDisplay, PlainLines, summary_table
-    from coordinator.session import Coordinator
+def _display(console: Console, as_json: bool) -> object | None:
+    """--json: no display at all; stderr a terminal: the live view with its keys; else (batch
+    jobs, logs redirected): a plain line per node every few seconds.  Warnings and errors go to
+    the terminal too (above the live table); everything goes to the run's log.txt."""
+    from coordinator.dashboard import LiveDisplay, PlainLines
+    from coordinator.keyboard import Keyboard
 
-    console = Console(stderr=True)
-    # --json: no display at all; stderr a terminal: the live view; else (batch jobs, logs
-    # redirected): a plain line per node every few seconds
     live = not as_json and console.is_terminal
-    display = None if as_json else LiveDisplay(console) if live else PlainLines(console)
-    # Warnings and errors on the terminal (above the live table); everything goes to log.txt.
     handler = RichHandler(console=console, show_path=False) if live else logging.StreamHandler()
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(message)s" if live else "%(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
+    return None if as_json else LiveDisplay(console, keyboard=Keyboard()) if live else PlainLines(console)
+
+
+def _run_once(topo: Topology, options: object, as_json: bool) -> None:
+    """One run with the live display (or JSON), its summary, exit with its code."""
+    from coordinator.dashboard import summary_table
+    from coordinator.session import Coordinator
+
+    console = Console(stderr=True)
+    display = _display(console, as_json)
     coord = Coordinator(topo, options, display)
     try:
         summary = coord.run()
@@ -157,10 +164,7 @@ def batch(plan: str, loopback: bool, run_dir: str | None, restart: bool, as_json
         click.echo(str(exc), err=True)
         sys.exit(EXIT_INVALID)
     console = Console(stderr=True)
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
+    display = system.display = _display(console, as_json)   # each run's dashboard; keys act on the run shown
     progress = Progress(system.topology.run.directory / p.progress_name, restart)
     try:
         with system:
@@ -168,6 +172,9 @@ def batch(plan: str, loopback: bool, run_dir: str | None, restart: bool, as_json
     except SystemError as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)
+    finally:
+        if display is not None:
+            display.close()
     if as_json:
         click.echo(json.dumps(rows, default=str))
     else:

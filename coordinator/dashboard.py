@@ -89,7 +89,7 @@ COLUMNS = [
     ("mem", "mem", True, 3),
 ]
 STATE_STYLE = {"running": "green", "lost": "bold red", "failed": "bold red", "fault": "bold red",
-               "stopping": "yellow", "draining": "yellow", "exited": "dim", "ended": "cyan",
+               "stopping": "yellow", "draining": "yellow", "paused": "bold yellow", "exited": "dim", "ended": "cyan",
                "stopped": "cyan"}
 
 
@@ -263,8 +263,8 @@ def _bar(frac: float, width: int) -> Text:
 
 
 def render(coord: Any, width: int, height: int, tail: LogTail | None = None,
-           now: float | None = None) -> Group:
-    """The whole live view for a terminal of `width` x `height`."""
+           now: float | None = None, hint: str = "") -> Group:
+    """The whole live view for a terminal of `width` x `height`; `hint`: the keys line."""
     now = time.monotonic() if now is None else now
     elapsed = elapsed_s(coord, now)
     state = coord.sm.state
@@ -283,8 +283,10 @@ def render(coord: Any, width: int, height: int, tail: LogTail | None = None,
         parts.append(Text("open-ended run: it ends on Ctrl-C (or when every source has ended)", style="dim",
                           no_wrap=True, overflow="ellipsis"))
     parts.append(node_table(coord, width))
+    if hint:
+        parts.append(Text(hint, style="bold yellow" if "again" in hint else "dim", no_wrap=True, overflow="ellipsis"))
     used = (-(-header.cell_len // max(width, 1)) + max(len(bars), 1) + len(coord.nodes) + 2
-            + 1)      # the header may wrap; + the line Live keeps for the cursor
+            + bool(hint) + 1)      # the header may wrap; + the line Live keeps for the cursor
     room = min(LOG_LINES, height - used - 1)
     lines = (tail or LogTail()).lines(coord.rundir.log_path, room) if room > 0 else []
     for ln in lines:
@@ -294,38 +296,56 @@ def render(coord: Any, width: int, height: int, tail: LogTail | None = None,
 
 
 class LiveDisplay:
-    """Refreshed from the coordinator's loop (no thread of its own touches run state)."""
+    """Refreshed from the coordinator's loop (no thread of its own touches run state).
 
-    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    With a `Keyboard`, the keys typed since the last redraw become coordinator events
+    (`coord.events`), handled by the loop's next turn."""
+
+    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic,
+                 keyboard: Any = None) -> None:
         self.console = console or Console(stderr=True)
         self.clock = clock
+        self.keyboard = keyboard
         self.live: Live | None = None
         self.tail = LogTail()
         self._last = -REFRESH
         self._coord: Any = None
+        self._ended: Any = None
 
     def update(self, coord: Any, force: bool = False) -> None:
         now = self.clock()
         if not force and now - self._last < REFRESH:
             return
         self._last = now
-        if coord.sm.state in ("idle", "configured"):
-            return   # nothing to show until frames flow
+        if coord.sm.state in ("idle", "configured") or coord.run_no == self._ended:
+            return   # nothing to show until frames flow (a system between runs: until the next one)
         self._coord = coord
+        if self.keyboard is not None and coord.sm.state in ("running", "paused"):
+            coord.events.extend(self.keyboard.events())     # typed before the start: taken now
         width, height = self.console.size
-        body = render(coord, width, height, self.tail, now)
+        keys = self.keyboard is not None and coord.sm.state in ("running", "paused")
+        hint = self.keyboard.hint if keys else ""
+        body = render(coord, width, height, self.tail, now, hint)
         if self.live is None:
             self.live = Live(body, console=self.console, auto_refresh=False, transient=False)
             self.live.start(refresh=True)
         else:
             self.live.update(body, refresh=True)
 
-    def close(self) -> None:
+    def run_ended(self, coord: Any) -> None:
+        """The run's last frame stays on the screen; a system's next run gets a view of its own."""
         if self.live is not None:
             if self._coord is not None:
-                self.update(self._coord, force=True)     # the final counters stay on the screen
+                self.update(self._coord, force=True)     # the final counters
             self.live.stop()
             self.live = None
+        self._coord, self._ended = None, coord.run_no
+
+    def close(self) -> None:
+        if self.keyboard is not None:
+            self.keyboard.close()
+        if self._coord is not None:
+            self.run_ended(self._coord)
 
 
 # ------------------------------------------------------------------ plain lines
@@ -351,10 +371,11 @@ class PlainLines:
         self.clock = clock
         self._next = float("-inf")
         self._coord: Any = None
+        self._ended: Any = None
 
     def update(self, coord: Any) -> None:
         now = self.clock()
-        if now < self._next or coord.sm.state in ("idle", "configured"):
+        if now < self._next or coord.sm.state in ("idle", "configured") or coord.run_no == self._ended:
             return
         self._next = now + self.period
         self._coord = coord
@@ -366,10 +387,15 @@ class PlainLines:
         out.write("".join(plain_line(n, stamp) + "\n" for n in coord.nodes.values()))
         out.flush()
 
-    def close(self) -> None:
+    def run_ended(self, coord: Any) -> None:
+        """The final counters of the run (a system's next run starts its lines afresh)."""
         if self._coord is not None:
             self._emit(self._coord)
-            self._coord = None
+        self._coord, self._ended, self._next = None, coord.run_no, float("-inf")
+
+    def close(self) -> None:
+        if self._coord is not None:
+            self.run_ended(self._coord)
 
 
 # ------------------------------------------------------------------ end of run

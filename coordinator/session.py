@@ -257,6 +257,8 @@ class Coordinator:
                 self.stats_file = self.stats_writer = None
                 logging.getLogger().removeHandler(self.log_handler)
                 self.log_handler.close()
+                if self.display is not None:
+                    self.display.run_ended(self)
         return summary
 
     # ---------------------------------------------------------------- phases
@@ -341,15 +343,15 @@ class Coordinator:
         """After a run of a system: a node that did not end the run (no end-of-run report) is
         shut down, to be launched afresh for the next run; the others wait for it."""
         stuck = [n for n in self.nodes.values() if n.configure_sent and n.eor is None and not n.lost]
-        for n in stuck:
+        for n in stuck:      # written off first: its exit is expected, its last words are not news
+            n.lost, n.said_ignored = True, True
+            n.lost_reason = f"it did not end run {self.run_no}; launched again for the next run"
+            log.warning("%s: %s", n.name, n.lost_reason)
             self.ctl.send(n.name, "shutdown")
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and any(n.proc is not None and n.proc.poll() is None for n in stuck):
             self.pump(0.05)
         terminate([n.proc for n in stuck if n.proc is not None], grace=1.0)
-        for n in stuck:
-            n.lost, n.lost_reason = True, f"it did not end run {self.run_no}; launched again for the next run"
-            log.warning("%s: %s", n.name, n.lost_reason)
 
     def _execute(self) -> None:
         """Configure, start, run until a stop condition, drain (nodes registered)."""
@@ -541,7 +543,7 @@ class Coordinator:
                 last = time.monotonic()
             self.pump(0.05)
         for n in nodes:
-            if n.eor is None and not n.lost:
+            if n.eor is None and not n.lost and not self.abort:    # an abort asks for none
                 log.error("%s sent no end-of-run report", n.name)
 
     # ---------------------------------------------------------------- the loop body
@@ -695,9 +697,9 @@ class Coordinator:
             self.interrupted = True
         elif event == "stop":
             self.stop_requested = True
-        elif event == "abort":
+        elif event == "abort":      # cut short like a second Ctrl-C: the run did not end as asked
             log.warning("abort: the run ends without waiting for frames in flight")
-            self.abort = True
+            self.abort = self.interrupted = True
         elif event == "pause":
             self._pause()
         elif event == "resume":

@@ -56,7 +56,7 @@ def fake_coordinator(tmp_path: Path, extra_nodes: int = 0) -> SimpleNamespace:
              proc("proc2", 400, 380, lost=True, lost_reason="node 'proc2' silent for 3.0 s")]
     nodes[3].counters["rejected"] = 2
     nodes += [proc(f"proc{i}", 100, 90) for i in range(3, 3 + extra_nodes)]
-    return SimpleNamespace(topo=topo, rundir=rundir, sm=sm, stop_reason="", run_started=NOW - 75.0,
+    return SimpleNamespace(topo=topo, rundir=rundir, sm=sm, stop_reason="", run_started=NOW - 75.0, run_no=1,
                            nodes={n.name: n for n in nodes})
 
 

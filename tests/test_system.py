@@ -112,6 +112,24 @@ def test_a_board_that_refuses_fails_that_run_only(topo_path: Path, clean_system)
     assert good["books"]["modules"]["rp2"]["saved"] == 50
 
 
+def test_abort_cuts_the_run_short_and_the_next_one_is_whole(topo_path: Path, clean_system) -> None:
+    """An abort is asked for: the run ends `interrupted` with balanced books and without
+    error lines; its nodes are launched afresh and the next run completes."""
+    with System(topo_path) as system:
+        run = system.start(frames=0, duration=60.0)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not system.counters()["rp1"]["counters"].get("frames"):
+            time.sleep(0.1)
+        run.abort()
+        aborted = run.wait(timeout=30)
+        after = system.run(frames=50)
+    assert aborted["result"] == "interrupted" and aborted["stop_reason"] == "abort", aborted["message"]
+    assert aborted["books"]["balanced"] and aborted["books"]["modules"]["rp1"]["produced"] > 0
+    errors = [ln for ln in (run.directory / "log.txt").read_text().splitlines() if " ERROR " in ln]
+    assert not errors, errors
+    assert after["result"] == "completed" and after["books"]["modules"]["rp1"]["saved"] == 50
+
+
 def test_pause_resume_and_stop_on_histogram(topo_path: Path, clean_system) -> None:
     with System(topo_path) as system:
         run = system.start(frames=0, duration=60.0)
