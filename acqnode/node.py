@@ -64,6 +64,9 @@ class AcqNode(NodeRuntime):
         self.errors: list[str] = []
         self.drain_deadline: float | None = None
         self.paused_s = 0.0
+        self.acquired_s = 0.0
+        self.one_shot = False
+        self.said_source_done = False
         self.ring_base = (0, 0)                  # ring counters (written, overflow) at the run's start
 
     # -- control ---------------------------------------------------------------------
@@ -108,6 +111,8 @@ class AcqNode(NodeRuntime):
                                topo.downstreams(self.name), min(batch, cfg.ring.slots),
                                DispatchSchedule.from_dict(schedule) if schedule else None, self.done_fd)
         self.done_fd = self.shipper.done_fd
+        # one-shot: the capture never waits for the network (the ring is shipped once full)
+        self.one_shot = self.shipper.hold = cfg.ring.capture == "one-shot"
         self.register(self.shipper.done_fd, self.shipper.pump)
         if reuse:
             self._to_reader(t="arm", frames=msg["params"].get("frames"))
@@ -251,12 +256,24 @@ class AcqNode(NodeRuntime):
             elif t == "done":
                 self.produced = msg["produced"]
                 self.paused_s = msg.get("paused_s", 0.0)
+                self.acquired_s = msg.get("acquired_s", 0.0)
                 self.source_report = msg.get("source") or {}
                 self.reader_done = True
-                self.send("source_done", produced=self.produced)
+                if self.shipper is not None and self.shipper.hold:
+                    self.shipper.hold = False          # the burst is in the ring: ship it
+                    self.shipper.pump()
+                self._source_done()
             elif t == "error":
                 self.errors.append(msg["message"])
                 self.fail(f"{self.name}: {msg['message']}", fatal=bool(msg.get("fatal", False)))
+
+    def _source_done(self) -> None:
+        """Tell the coordinator the source has ended (its stop condition); a one-shot capture
+        has ended when its ring is shipped too, so the run goes on while the burst drains."""
+        if self.reader_done and not self.said_source_done and \
+                (not self.one_shot or self.shipper is None or self.shipper.idle()):
+            self.said_source_done = True
+            self.send("source_done", produced=self.produced)
 
     def _tap_frame(self) -> None:
         """The newest frame to the tap (a copy of one record, TAP_RATE times a second)."""
@@ -285,6 +302,8 @@ class AcqNode(NodeRuntime):
             if not self.reader_done:
                 self.fail(f"{self.name}: reader process exited with status {self.reader.returncode}")
                 self.reader_done = True
+        if self.one_shot and self.state == "running":
+            self._source_done()
         if self.state == "draining" and self.eor is None:
             if self.reader_done and self.shipper.idle():
                 self._end_of_run()
@@ -297,7 +316,7 @@ class AcqNode(NodeRuntime):
     def _end_of_run(self) -> None:
         self.eor = {"produced": self.produced, "source": self.source_report,
                     "gaps": {c: r.to_list() for c, r in self.gaps.items()},
-                    "errors": self.errors, "paused_s": self.paused_s,
+                    "errors": self.errors, "paused_s": self.paused_s, "acquired_s": self.acquired_s,
                     "ring_overflow": self.ring.status().overflow - self.ring_base[1],
                     **self.shipper.report()}
         self.state = "ended"

@@ -57,6 +57,7 @@ class Reader:
         self.last_gap_flush = time.monotonic()
         self.paused_since: float | None = None       # a pause: the source is not read
         self.paused_s = 0.0                          # pauses of this run so far
+        self.started = 0.0                           # monotonic time of `start`
 
     def send(self, **msg) -> None:
         self.conn.send_bytes(msgpack.packb(msg))
@@ -143,6 +144,7 @@ class Reader:
             if msg is None:
                 continue
             if msg.get("t") == "start":
+                self.started = time.monotonic()
                 if msg.get("epoch_ns") and hasattr(self.source, "set_epoch"):
                     self.source.set_epoch(msg["epoch_ns"])
                 break
@@ -166,8 +168,9 @@ class Reader:
         self.flush_gap()
         self.ring.close_writer()
         report = getattr(self.source, "report", None)
+        acquired = time.monotonic() - self.started - self.paused_s if self.started else 0.0
         self.send(t="done", produced=self.produced, source=report() if report else {},
-                  paused_s=round(self.paused_s, 6))
+                  paused_s=round(self.paused_s, 6), acquired_s=round(acquired, 6))
 
     def wait_for_arm(self) -> bool:
         """Between runs: `arm` starts the next run with the same source; `quit` ends."""

@@ -59,6 +59,7 @@ class Shipper:
         self.rejected = 0
         self._rr = 0
         self.schedule = schedule              # None: any receiver with credit (load sharing)
+        self.hold = False                     # one-shot capture: nothing leaves before the ring is full
         self.stalled = {p: 0.0 for p in peers}   # s the head of the ring waited for this peer's credit
         self._stall: tuple[str, float] | None = None
 
@@ -195,6 +196,8 @@ class Shipper:
     def pump(self) -> int:
         """Send as much as credits allow; returns frames sent."""
         self.reap()
+        if self.hold:
+            return 0
         sent = 0
         while True:
             pending = self.pending()

@@ -41,8 +41,10 @@ def describe(topo: Topology) -> str:
         board = getattr(a.source, "address", None)
         where = "" if board is None else " (emulated board)" if board == EMULATOR else \
             f" (board {board}:{a.source.port})"
+        size = a.ring.slots * topo.streams[a.stream].dtype.itemsize / 1e6
+        mode = ", one-shot" if a.ring.capture == "one-shot" else ""
         lines.append(f"  {a.name} on {a.host}: {a.source.kind} source{where} -> ring {a.ring.slots} slots "
-                     f"({a.ring.policy}) -> {', '.join(topo.downstreams(a.name))}")
+                     f"= {size:,.1f} MB ({a.ring.policy}{mode}) -> {', '.join(topo.downstreams(a.name))}")
     lines.append("processing nodes:")
     for p in topo.processing.values():
         stages = " -> ".join(s.stage for s in p.pipeline)

@@ -9,7 +9,7 @@ holds from the stats messages nodes send every 0.5 s):
   (until the stop, once stopped), frames saved (sum of the processing nodes' `saved`
   counters, earlier incarnations of rejoined nodes included);
 - a progress bar toward the stop condition: produced frames of the acquisition nodes vs
-  `run.frames` (while running, a node whose source ended or that is lost counts as done;
+  `run.frames` (or a one-shot capture's burst, `Topology.frames_limit`) (while running, a node whose source ended or that is lost counts as done;
   once stopped, the bar shows what was produced), elapsed vs `run.duration`, both bars if
   both are set, none when the run is open-ended;
 - one row per node:
@@ -140,17 +140,17 @@ def progress(coord: Any, now: float) -> list[tuple[str, float, str]]:
     done (the run does not wait for it); once it stopped, the bar shows what was produced."""
     out = []
     run = coord.topo.run
-    if run.frames:
-        acqs = [n for n in coord.nodes.values() if n.role == "acquisition"]
+    acqs = [n for n in coord.nodes.values() if n.role == "acquisition"]
+    limits = [coord.topo.frames_limit(n.name) for n in acqs]     # a one-shot capture: its burst
+    if acqs and all(limits):
         produced, fracs = 0, []
-        for n in acqs:
+        for n, limit in zip(acqs, limits):
             c = n.counters
             p = max(c.get("produced", 0), c.get("frames", 0) + (c.get("overflow", 0) or 0))
             produced += p
             done = (n.source_done or n.lost) and not coord.stop_reason
-            fracs.append(1.0 if done else min(p / run.frames, 1.0))
-        frac = sum(fracs) / len(fracs) if fracs else 0.0
-        out.append(("frames", frac, f"{produced:,} / {run.frames * max(len(acqs), 1):,} produced"))
+            fracs.append(1.0 if done else min(p / limit, 1.0))
+        out.append(("frames", sum(fracs) / len(fracs), f"{produced:,} / {sum(limits):,} produced"))
     if run.duration:
         elapsed = elapsed_s(coord, now)
         out.append(("time", min(elapsed / run.duration, 1.0), f"{elapsed:,.0f} / {run.duration:,g} s"))

@@ -90,7 +90,7 @@ def _boxes(topo: Topology) -> tuple[list[list[_Box]], list[tuple[_Box, _Box, dic
     """The boxes by column and the edges (from, to, attributes) of the drawing."""
     src = {a: _Box(f"source-{a}", f"source:{a}", "source", _source_lines(c.source), c.host)
            for a, c in topo.acquisition.items()}
-    acq = {a: _Box(f"node-{a}", a, "acq", [a, f"host {c.host}", f"ring {c.ring.slots} slots ({c.ring.policy})",
+    acq = {a: _Box(f"node-{a}", a, "acq", [a, f"host {c.host}", f"ring {c.ring.slots} slots ({c.ring.policy}{', one-shot' if c.ring.capture == 'one-shot' else ''})",
                                             f"stream {c.stream}"], c.host) for a, c in topo.acquisition.items()}
     proc = {p: _Box(f"node-{p}", p, "proc", [p, f"host {c.host}", *_wrap_pipeline([_stage(st) for st in c.pipeline])],
                     c.host) for p, c in topo.processing.items()}

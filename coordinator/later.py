@@ -48,6 +48,7 @@ def processing_topology(run_dir: Path, pipeline_file: Path | None = None) -> Top
     for name, acq in data["acquisition"].items():
         acq["source"] = {"kind": "replay", "run": str(run_dir), "original": acq["source"]}
         acq["ring"]["policy"] = "block"      # a replay waits for the network, it never drops
+        acq["ring"]["capture"] = "continuous"     # and ships while it reads
     data.pop("emulator", None)
     data["run"].update({"frames": None, "duration": None, "process": "online"})
     data["control"]["port"] = 0

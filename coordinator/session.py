@@ -371,7 +371,7 @@ class Coordinator:
         for n in acqs:
             n.configure_sent = True
             self.ctl.send(n.name, "configure", **base, params={
-                "frames": self.topo.run.frames, "boards": boards,
+                "frames": self.topo.frames_limit(n.name), "boards": boards,
                 "schedule": {s: d.to_dict() for s, d in self.schedules.items()}})
         self._wait(acqs, lambda n: bool(n.info), timeout, "configuration of acquisition nodes")
         endpoints = {n.name: n.info["endpoint"] for n in acqs}
@@ -407,7 +407,9 @@ class Coordinator:
             elif self.stop_requested:
                 self.stop_reason = "stopped"
             elif all(n.source_done or n.lost for n in acqs):
-                self.stop_reason = "frames" if self.topo.run.frames else "sources ended"
+                self.stop_reason = ("one-shot capture" if all(self.topo.acquisition[n.name].ring.capture == "one-shot"
+                                                              for n in acqs)
+                                    else "frames" if self.topo.run.frames else "sources ended")
             elif duration is not None and self.live_seconds() >= duration:
                 self.stop_reason = "duration"
             elif self.until is not None and self.histogram_entries(self.until["histogram"]) >= self.until["entries"]:

@@ -179,6 +179,7 @@ STREAM = Schema({
 RING = Schema({
     "slots": Field(integer(2, 1048576)),
     "policy": Field(one_of("block", "drop")),
+    "capture": Field(one_of("continuous", "one-shot")),
 }, _model(RingConfig))
 
 _COMPONENT_KEY_CHECKS: dict[str, Check] = {
@@ -347,6 +348,7 @@ def _cross_check(ctx: _Context, top: Record, base_dir: Path) -> None:
     if streams is not None:
         _check_acquisition_streams(ctx, streams, acq)
         _resolve_modules(ctx, streams, acq)
+        _check_capture(ctx, streams, acq)
         _resolve_receivers(ctx, streams, acq, proc)
     if isinstance(top.get("run"), Record) and top["run"].ok("directory"):
         top["run"]["directory"] = _absolute(top["run"]["directory"], base_dir)
@@ -488,6 +490,23 @@ def _resolve_modules(ctx: _Context, streams: dict, acq: dict | None) -> None:
         for name in mine if members is not None else ():
             if name not in spec["modules"]:
                 ctx.report(path, f"acquisition node {name!r} has stream: {stream} but is not listed")
+
+
+def _check_capture(ctx: _Context, streams: dict, acq: dict | None) -> None:
+    """The modules of a stream capture the same way: a one-shot module and a continuous one
+    would not make the same events."""
+    nodes = _records(acq)
+    for stream, spec in _records(streams).items():
+        modules = [m for m in (spec["modules"] if spec.ok("modules") else []) if m in nodes]
+        rings = [r if isinstance(r := nodes[m].get("ring"), Record) else {} for m in modules]
+        if any("capture" in getattr(r, "invalid", ()) for r in rings):
+            continue        # reported already
+        modes = [r.get("capture", "continuous") for r in rings]
+        for m, mode in zip(modules[1:], modes[1:]):
+            if mode != modes[0]:
+                ctx.report(("acquisition", m, "ring", "capture"),
+                           f"the modules of stream {stream!r} must capture the same way: {m} is {mode}, "
+                           f"{modules[0]} is {modes[0]}")
 
 
 def _check_module_list(ctx: _Context, path: KeyPath, stream: str, modules: list,

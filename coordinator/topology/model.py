@@ -169,6 +169,8 @@ class EmulatorSettings:
 class RingConfig:
     slots: int = 1024
     policy: Literal["block", "drop"] = "block"
+    # one-shot: fill the ring at the source's pace, then ship it (a burst faster than the network)
+    capture: Literal["continuous", "one-shot"] = "continuous"
 
 
 @dataclass(frozen=True)
@@ -319,6 +321,16 @@ class Topology:
         for name in self.processing_order():
             depth[name] = max([depth[u] + 1 for u in self.upstreams(name) if u in depth], default=0)
         return [[p for p, d in depth.items() if d == level] for level in sorted(set(depth.values()))]
+
+    def frames_limit(self, acq: str) -> int | None:
+        """Frames node `acq`'s source produces in a run: `run.frames`, and for a one-shot
+        capture at most what the smallest ring of its stream holds (the modules of one stream
+        make the same events)."""
+        cfg = self.acquisition[acq]
+        if cfg.ring.capture != "one-shot":
+            return self.run.frames
+        burst = min(self.acquisition[m].ring.slots for m in self.streams[cfg.stream].modules)
+        return burst if self.run.frames is None else min(burst, self.run.frames)
 
     def emulated_boards(self) -> list[str]:
         """Acquisition nodes whose board the coordinator emulates."""
