@@ -208,7 +208,8 @@ def _check_endpoint(ep: str, where: str) -> str:
 def find_taps(target: str) -> list[str]:
     """Tap endpoints of ``target``: a run directory holding ``live.json`` (``{"taps": {node:
     endpoint}, ...}``, written by the coordinator while the run is live), that ``live.json``
-    itself, or a comma-separated list of ``tcp://HOST:PORT`` endpoints."""
+    itself, a runs folder (its newest live run: no need to know the run's number), or a
+    comma-separated list of ``tcp://HOST:PORT`` endpoints."""
     text = str(target).strip()
     if text.startswith("tcp://"):
         eps = [p.strip() for p in text.split(",") if p.strip()]
@@ -216,8 +217,11 @@ def find_taps(target: str) -> list[str]:
     path = Path(text)
     live = path / "live.json" if path.is_dir() else path
     if path.is_dir() and not live.exists():
-        raise ViewError(f"{path} has no live.json: the run has ended or was started by an older version "
-                        "(the coordinator writes live.json while a run is live)")
+        runs = sorted(path.glob("*/live.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise ViewError(f"{path} has no live.json, nor a run directory with one: no run is live there "
+                            "(the coordinator writes live.json while a run is live)")
+        live = runs[-1]
     if not live.exists():
         raise ViewError(f"{text}: no such run directory, and not a list of tcp://HOST:PORT endpoints")
     if not live.is_file():

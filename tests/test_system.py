@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import chromium, free_port, needs_chromium, node_processes, ring_segments, write_topology
-from coordinator.api import System
+from coordinator.api import System, SystemError
 
 TRACES = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)]   # the page's first four
 from coordinator.topology import TopologyError
@@ -137,6 +137,10 @@ def test_pause_resume_and_stop_on_histogram(topo_path: Path, clean_system) -> No
         while time.monotonic() < deadline and not system.counters()["rp1"]["counters"].get("frames"):
             time.sleep(0.1)
         run.pause()
+        # changes asked for during the run touch neither the run nor its record
+        with pytest.raises(SystemError, match="still in progress"):
+            system.start({"acquisition.rp1.source.trigger.level": 0.3})
+        topo_path.write_text(topo_path.read_text().replace("level: 0.05", "level: 0.3"))
         time.sleep(0.5)                   # the pause reaches the readers
         during = system.counters()["rp1"]["counters"]["frames"]
         time.sleep(1.5)
@@ -151,6 +155,11 @@ def test_pause_resume_and_stop_on_histogram(topo_path: Path, clean_system) -> No
     assert paused["stop_reason"] == "stopped" and paused["books"]["balanced"]
     assert [s["state"] for s in paused["states"]][-5:] == ["running", "paused", "running", "stopping", "stopped"]
     assert paused["nodes"]["rp1"]["report"]["paused_s"] >= 1.5
+    params = paused["parameters"]            # the three sets: asked for, accepted, used
+    assert params["requested"]["topology"]["acquisition"]["rp1"]["source"]["trigger"]["level"] == 0.05
+    assert params["hardware"]["rp1"]["trigger_level"] == pytest.approx(0.05, abs=1e-3)
+    assert params["pipeline"]["proc1"] == ["pha", "histogram", "save"]
+    assert hist["parameters"]["requested"]["topology"]["acquisition"]["rp1"]["source"]["trigger"]["level"] == 0.05
     assert hist["stop_reason"] == "histogram spectrum reached 300 entries", hist["stop_reason"]
     assert hist["result"] == "completed" and hist["live_s"] < 60
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -270,7 +271,7 @@ def test_snapshot_float_channels_and_histogram_sum() -> None:
 def test_find_taps(tmp_path: Path) -> None:
     run = tmp_path / "run-00001"
     run.mkdir()
-    with pytest.raises(ViewError, match=r"run-00001 has no live.json: the run has ended"):
+    with pytest.raises(ViewError, match=r"run-00001 has no live.json, nor a run directory with one"):
         find_taps(str(run))
     with pytest.raises(ViewError, match="no such run directory"):
         find_taps(str(tmp_path / "nowhere"))
@@ -287,6 +288,11 @@ def test_find_taps(tmp_path: Path) -> None:
     (run / "live.json").write_text(json.dumps({"run": "run-00001", "taps": taps}))
     assert find_taps(str(run)) == list(taps.values())
     assert find_taps(str(run / "live.json")) == list(taps.values())
+    newer = tmp_path / "run-00002"           # a runs folder: its newest live run
+    newer.mkdir()
+    (newer / "live.json").write_text(json.dumps({"taps": {"rp1": "tcp://127.0.0.1:5701"}}))
+    os.utime(run / "live.json", (1e9, 1e9))
+    assert find_taps(str(tmp_path)) == ["tcp://127.0.0.1:5701"]
     assert find_taps("tcp://127.0.0.1:1, tcp://h:2") == ["tcp://127.0.0.1:1", "tcp://h:2"]
     for bad in ("tcp://127.0.0.1", "tcp://h:99999", "tcp://:5"):
         with pytest.raises(ViewError, match="not a tap endpoint"):
