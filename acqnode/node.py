@@ -259,13 +259,24 @@ class AcqNode(NodeRuntime):
                 self.acquired_s = msg.get("acquired_s", 0.0)
                 self.source_report = msg.get("source") or {}
                 self.reader_done = True
-                if self.shipper is not None and self.shipper.hold:
-                    self.shipper.hold = False          # the burst is in the ring: ship it
-                    self.shipper.pump()
+                self._ship_burst()
                 self._source_done()
             elif t == "error":
                 self.errors.append(msg["message"])
                 self.fail(f"{self.name}: {msg['message']}", fatal=bool(msg.get("fatal", False)))
+
+    def _produced_from_ring(self) -> int:
+        """The seqs a reader that died without `done` had used: stored in the ring, dropped on a
+        full ring, or reported lost (a gap it had not flushed yet is not known)."""
+        st = self.ring.status()
+        lost = sum(r.count() for cause, r in self.gaps.items() if cause != "ring_overrun")
+        return (st.written - self.ring_base[0]) + (st.overflow - self.ring_base[1]) + lost
+
+    def _ship_burst(self) -> None:
+        """One-shot: the reader has ended (burst complete, stopped, or failed): ship the ring."""
+        if self.reader_done and self.shipper is not None and self.shipper.hold:
+            self.shipper.hold = False
+            self.shipper.pump()
 
     def _source_done(self) -> None:
         """Tell the coordinator the source has ended (its stop condition); a one-shot capture
@@ -302,6 +313,8 @@ class AcqNode(NodeRuntime):
             if not self.reader_done:
                 self.fail(f"{self.name}: reader process exited with status {self.reader.returncode}")
                 self.reader_done = True
+                self.produced = self._produced_from_ring()
+                self._ship_burst()         # what it captured is still saved
         if self.one_shot and self.state == "running":
             self._source_done()
         if self.state == "draining" and self.eor is None:

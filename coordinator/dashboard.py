@@ -9,9 +9,10 @@ holds from the stats messages nodes send every 0.5 s):
   (until the stop, once stopped), frames saved (sum of the processing nodes' `saved`
   counters, earlier incarnations of rejoined nodes included);
 - a progress bar toward the stop condition: produced frames of the acquisition nodes vs
-  `run.frames` (or a one-shot capture's burst, `Topology.frames_limit`) (while running, a node whose source ended or that is lost counts as done;
-  once stopped, the bar shows what was produced), elapsed vs `run.duration`, both bars if
-  both are set, none when the run is open-ended;
+  `run.frames` or a one-shot capture's burst (`Topology.frames_limit`) (while running, a
+  node whose source ended or that is lost counts as done; once stopped, the bar shows what
+  was produced), elapsed vs `run.duration`, both bars if both are set, none when the run is
+  open-ended;
 - one row per node:
 
   ========  ==================================================================================
@@ -38,6 +39,8 @@ holds from the stats messages nodes send every 0.5 s):
             shared pages count once)
   ========  ==================================================================================
 
+- with a `Keyboard` (coordinator/keyboard.py), the keys line under the table while the run
+  runs or is paused (`p` pause/resume, `s` stop, `a` twice abort);
 - the last LOG_LINES lines of the run's log.txt (only the file's last LOG_TAIL_BYTES are
   read, and only when its size or time changed).
 
@@ -89,8 +92,8 @@ COLUMNS = [
     ("mem", "mem", True, 3),
 ]
 STATE_STYLE = {"running": "green", "lost": "bold red", "failed": "bold red", "fault": "bold red",
-               "stopping": "yellow", "draining": "yellow", "paused": "bold yellow", "exited": "dim", "ended": "cyan",
-               "stopped": "cyan"}
+               "stopping": "yellow", "draining": "yellow", "paused": "bold yellow", "exited": "dim",
+               "ended": "cyan", "stopped": "cyan"}
 
 
 # ------------------------------------------------------------------ figures (shared by both views)

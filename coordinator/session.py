@@ -407,8 +407,8 @@ class Coordinator:
             elif self.stop_requested:
                 self.stop_reason = "stopped"
             elif all(n.source_done or n.lost for n in acqs):
-                self.stop_reason = ("one-shot capture" if all(self.topo.acquisition[n.name].ring.capture == "one-shot"
-                                                              for n in acqs)
+                one_shot = all(self.topo.acquisition[n.name].ring.capture == "one-shot" for n in acqs)
+                self.stop_reason = ("one-shot capture" if one_shot
                                     else "frames" if self.topo.run.frames else "sources ended")
             elif duration is not None and self.live_seconds() >= duration:
                 self.stop_reason = "duration"

@@ -2,9 +2,12 @@
 it once full; the run ends when the burst is saved."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import small_topology, write_topology
 
 from coordinator.api import System
@@ -53,3 +56,23 @@ def test_one_shot_burst_is_the_smaller_of_frames_and_ring(tmp_path: Path, clean_
     assert first["stop_reason"] == "one-shot capture"
     assert first["books"]["modules"]["synth1"]["saved"] == 250
     assert second["books"]["modules"]["synth1"]["saved"] == SLOTS and second["books"]["balanced"]
+
+
+@pytest.mark.parametrize("capture", ["one-shot", "continuous"])
+def test_reader_killed_mid_run_keeps_what_it_captured(tmp_path: Path, clean_system, capture: str) -> None:
+    """The reader dies without its last word: the run fails with that cause; the frames already
+    in the ring are still shipped and saved (not written off as send_failed), and the books
+    count them as produced (the ring's counters stand in for the reader's `done`)."""
+    extra = {"acquisition.synth1.source.rate": 200.0, "acquisition.synth1.ring.capture": capture}
+    with System(_one_shot_topology(tmp_path, **extra)) as system:
+        run = system.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and system.counters()["synth1"]["counters"].get("frames", 0) < 50:
+            time.sleep(0.05)
+        os.kill(system._coordinator.nodes["synth1"].info["reader_pid"], signal.SIGKILL)
+        summary = run.wait(timeout=60)
+    assert summary["result"] == "failed" and "reader process exited" in summary["message"], summary["message"]
+    books = summary["books"]
+    assert books["balanced"] and books["modules"]["synth1"]["saved"] >= 50, books
+    assert books["produced"] == books["saved"] and books["duplicates"] == 0, books
+    assert not summary["nodes"]["synth1"]["report"]["send_failed"], summary["nodes"]["synth1"]["report"]
