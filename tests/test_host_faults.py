@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import books_by_seq, run_disturbed, wait_for_frames, write_topology
+from conftest import books_by_seq, child_process, run_disturbed, wait_for_frames, write_topology
 from test_hosts import HOSTS, cluster
 
 pytestmark = [pytest.mark.usefixtures("clean_system"), pytest.mark.hosts(*HOSTS)]
@@ -33,11 +33,12 @@ def node_pid(name: str, folder: Path, timeout: float = 20) -> int:
 
 
 def faulty_run(tmp_path: Path, net, topo: dict, action, after: tuple[str, int] = ("rp1", 150),
-               timeout: float = 90) -> tuple[int, dict, str]:
-    """Run the cluster from the `ctl` host; `action()` once `after` = (node, frames) is passed."""
+               timeout: float = 90, pass_proc: bool = False) -> tuple[int, dict, str]:
+    """Run the cluster from the `ctl` host; `action()` (`action(coordinator process)` with
+    `pass_proc`) once `after` = (node, frames) is passed."""
     def act(proc: subprocess.Popen) -> None:
         wait_for_frames(tmp_path / "runs", *after, timeout=30)
-        action()
+        action(proc) if pass_proc else action()
 
     return run_disturbed(write_topology(tmp_path, topo), act, wrap=net.exec_prefix("ctl"), timeout=timeout)
 
@@ -95,12 +96,10 @@ def test_the_board_emulator_killed(tmp_path, testnet):
     address; the run ends and keeps every frame it had."""
     topo = cluster(testnet, frames=None, duration=5.0)
 
-    def kill_boards() -> None:
-        emulator = next(p for p in psutil.process_iter(["cmdline"])
-                        if "coordinator.emulated" in " ".join(p.info["cmdline"] or []))
-        emulator.kill()
+    def kill_boards(proc: subprocess.Popen) -> None:
+        child_process(proc.pid, "coordinator.emulated").kill()     # this run's emulator, no other
 
-    code, summary, err = faulty_run(tmp_path, testnet, topo, kill_boards)
+    code, summary, err = faulty_run(tmp_path, testnet, topo, kill_boards, pass_proc=True)
     assert code == 0 and summary["stop_reason"] == "duration", err[-3000:]
     for rp in ("rp1", "rp2"):      # the record names the board and where it was
         errors = summary["nodes"][rp]["errors"]
