@@ -3,13 +3,15 @@ process RUN_DIR` gives the outputs on-line processing gives (same seeded frames)
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import yaml
 
-from conftest import run_cli, run_json, small_topology, write_topology
+from conftest import coordinator_cmd, run_cli, run_json, small_topology, write_topology
 
 PIPELINE = [{"stage": "pha", "channel": "IN1", "height": 0.03, "distance": 8},
             {"stage": "histogram", "name": "spectrum", "field": "height", "bins": [0.0, 1.0, 100]},
@@ -18,7 +20,7 @@ PIPELINE = [{"stage": "pha", "channel": "IN1", "height": 0.03, "distance": 8},
 
 def topology(**run) -> dict:
     t = small_topology()
-    t["run"].update(frames=3000, **run)
+    t["run"].update({"frames": 3000, **run})
     t["acquisition"]["synth1"]["source"]["rate"] = 20000
     t["processing"] = {"proc1": {"pipeline": PIPELINE}, "proc2": {"pipeline": PIPELINE}}
     return t
@@ -72,6 +74,35 @@ def test_process_later_equals_online(tmp_path: Path, clean_system) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     coarse = datasets(json.loads(res.stdout)["run_dir"])["entry/spectrum/counts"]
     assert len(coarse) == 10 and coarse.sum() == a["entry/spectrum/counts"].sum()
+
+
+def test_a_new_acquisition_runs_while_an_earlier_run_is_processed(tmp_path: Path, clean_system) -> None:
+    """`process` is a run of its own (its own control port, its own run number): an
+    acquisition into the same runs folder goes on meanwhile, and both end whole."""
+    res, raw = run_json(write_topology(tmp_path, topology(process="later"), "later.yaml"))
+    assert raw and raw["result"] == "completed", res.stderr[-2000:]
+    acq_topo = write_topology(tmp_path, topology(frames=None, duration=8.0), "online.yaml")
+    acquiring = subprocess.Popen(coordinator_cmd("run", str(acq_topo), "--json"), cwd=tmp_path,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("*/live.json")):
+            assert acquiring.poll() is None, acquiring.stderr.read()[-2000:]
+            time.sleep(0.1)
+        res = run_cli("process", raw["run_dir"], "--json", cwd=tmp_path, timeout=120)
+        still_acquiring = acquiring.poll() is None
+        out, err = acquiring.communicate(timeout=60)
+    finally:
+        if acquiring.poll() is None:
+            acquiring.kill()
+            acquiring.communicate()
+    assert res.returncode == 0, res.stderr[-3000:]
+    later, online = json.loads(res.stdout), json.loads(out)
+    assert still_acquiring, "the processing did not overlap the acquisition"
+    assert later["result"] == "completed" and later["books"]["saved"] == 3000 and later["books"]["balanced"]
+    assert online["result"] == "completed" and online["stop_reason"] == "duration", err[-2000:]
+    assert online["books"]["balanced"] and online["books"]["saved"] > 0
+    assert sorted([raw["run"], online["run"], later["run"]]) == [1, 2, 3]
 
 
 def test_process_refuses_what_it_cannot_replay(tmp_path: Path) -> None:
