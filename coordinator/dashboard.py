@@ -323,10 +323,10 @@ class LiveDisplay:
         if coord.sm.state in ("idle", "configured") or coord.run_no == self._ended:
             return   # nothing to show until frames flow (a system between runs: until the next one)
         self._coord = coord
-        if self.keyboard is not None and coord.sm.state in ("running", "paused"):
+        keys = self.keyboard is not None and coord.sm.state in ("running", "paused")
+        if keys:
             coord.events.extend(self.keyboard.events())     # typed before the start: taken now
         width, height = self.console.size
-        keys = self.keyboard is not None and coord.sm.state in ("running", "paused")
         hint = self.keyboard.hint if keys else ""
         body = render(coord, width, height, self.tail, now, hint)
         if self.live is None:

@@ -236,6 +236,16 @@ def wait_for_frames(run_root: Path, node: str, at_least: int, timeout: float = 2
     raise AssertionError(f"{node} did not pass {at_least} frames within {timeout} s")
 
 
+def wait_for_system_frames(system: Any, node: str, at_least: int = 1, timeout: float = 20) -> None:
+    """Until a `System`'s live counters show `node` with `at_least` frames in its ring."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if system.counters().get(node, {}).get("counters", {}).get("frames", 0) >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{node} did not reach {at_least} frames within {timeout} s")
+
+
 def books_by_seq(summary: dict) -> dict[str, dict[str, np.ndarray]]:
     """module -> {"saved": seqs, cause: seqs}; asserts each module's seqs 0..produced-1 are
     each saved once or missing once."""

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import small_topology, write_topology
+from conftest import small_topology, wait_for_system_frames, write_topology
 
 from coordinator.api import System
 
@@ -66,9 +66,7 @@ def test_reader_killed_mid_run_keeps_what_it_captured(tmp_path: Path, clean_syst
     extra = {"acquisition.synth1.source.rate": 200.0, "acquisition.synth1.ring.capture": capture}
     with System(_one_shot_topology(tmp_path, **extra)) as system:
         run = system.start()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and system.counters()["synth1"]["counters"].get("frames", 0) < 50:
-            time.sleep(0.05)
+        wait_for_system_frames(system, "synth1", 50)
         os.kill(system._coordinator.nodes["synth1"].info["reader_pid"], signal.SIGKILL)
         summary = run.wait(timeout=60)
     assert summary["result"] == "failed" and "reader process exited" in summary["message"], summary["message"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import chromium, free_port, needs_chromium, node_processes, ring_segments, write_topology
+from conftest import (chromium, free_port, needs_chromium, node_processes, ring_segments,
+                      wait_for_system_frames, write_topology)
 from coordinator.api import System, SystemError
 
 TRACES = [(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E), (0x2C, 0xA0, 0x2C), (0xD6, 0x27, 0x28)]   # the page's first four
@@ -77,9 +78,7 @@ def test_exception_inside_with_block_shuts_everything_down(topo_path: Path, clea
     with pytest.raises(Boom):
         with System(topo_path) as system:
             run = system.start(duration=30.0)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not system.counters()["rp1"]["counters"].get("frames"):
-                time.sleep(0.1)
+            wait_for_system_frames(system, "rp1")
             raise Boom("the user's script failed mid-run")
     summary = run.wait(timeout=1)
     assert summary["stop_reason"] == "stopped" and summary["books"]["balanced"]
@@ -117,9 +116,7 @@ def test_abort_cuts_the_run_short_and_the_next_one_is_whole(topo_path: Path, cle
     error lines; its nodes are launched afresh and the next run completes."""
     with System(topo_path) as system:
         run = system.start(frames=0, duration=60.0)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not system.counters()["rp1"]["counters"].get("frames"):
-            time.sleep(0.1)
+        wait_for_system_frames(system, "rp1")
         run.abort()
         aborted = run.wait(timeout=30)
         after = system.run(frames=50)
@@ -133,9 +130,7 @@ def test_abort_cuts_the_run_short_and_the_next_one_is_whole(topo_path: Path, cle
 def test_pause_resume_and_stop_on_histogram(topo_path: Path, clean_system) -> None:
     with System(topo_path) as system:
         run = system.start(frames=0, duration=60.0)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not system.counters()["rp1"]["counters"].get("frames"):
-            time.sleep(0.1)
+        wait_for_system_frames(system, "rp1")
         run.pause()
         # changes asked for during the run touch neither the run nor its record
         with pytest.raises(SystemError, match="still in progress"):
